@@ -1,0 +1,64 @@
+//! The kernel operations the capabilities need, behind one small trait so a
+//! recording mock can stand in for the kernel in unit tests. The real
+//! implementation speaks rtnetlink over one socket per namespace.
+
+pub mod netlink;
+mod netns;
+mod sysctl;
+
+pub use netlink::NetlinkKernel;
+
+use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
+use crate::bindings::cni::plugin::route::RouteSpec;
+use crate::bindings::IpNet;
+use crate::error::Result;
+
+/// Which namespace an operation is for. The container namespace is the one of
+/// this invocation's `CNI_NETNS`, opened once by the kernel implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ns {
+    Host,
+    Container,
+}
+
+impl std::fmt::Display for Ns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ns::Host => "host",
+            Ns::Container => "container",
+        })
+    }
+}
+
+pub trait Kernel {
+    /// Whether the container namespace exists (it may be gone on DEL).
+    fn has_container(&mut self) -> bool;
+
+    fn link_get(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>>;
+    /// Returns the bridge and whether this call created it.
+    fn bridge_ensure(&mut self, name: &str, opts: &BridgeOptions) -> Result<(LinkInfo, bool)>;
+    /// Creates `host_name` in the host namespace with its peer inside the
+    /// container namespace.
+    fn veth_create(&mut self, host_name: &str, opts: &VethOptions) -> Result<VethPair>;
+    fn veth_peer(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>>;
+    fn link_set_up(&mut self, ns: Ns, name: &str, up: bool) -> Result<()>;
+    fn link_set_master(&mut self, name: &str, bridge: &str) -> Result<()>;
+    fn link_set_promisc(&mut self, name: &str, on: bool) -> Result<()>;
+    fn link_set_hairpin(&mut self, name: &str, on: bool) -> Result<()>;
+    fn link_set_port_vlan(&mut self, name: &str, vid: u16, keep_default: bool) -> Result<()>;
+    /// Deletes a link; Ok when it does not exist.
+    fn link_delete(&mut self, ns: Ns, name: &str) -> Result<()>;
+
+    /// Adds an address; Ok when it is already there.
+    fn addr_add(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()>;
+    fn addr_del(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()>;
+    fn addr_list(&mut self, ns: Ns, link: &str) -> Result<Vec<IpNet>>;
+
+    /// Adds a route; Ok when the same route is already there.
+    fn route_add(&mut self, ns: Ns, route: &RouteSpec) -> Result<()>;
+    fn route_del(&mut self, ns: Ns, route: &RouteSpec) -> Result<()>;
+    fn route_list(&mut self, ns: Ns, dev: &str) -> Result<Vec<RouteSpec>>;
+
+    fn sysctl_get(&mut self, ns: Ns, key: &str) -> Result<String>;
+    fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()>;
+}

@@ -1,0 +1,82 @@
+//! Addresses on a link.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use nix::libc::{EADDRNOTAVAIL, EEXIST};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::Handle;
+
+use super::link::get;
+use super::{errno, nl_err};
+use crate::bindings::IpNet;
+use crate::error::{Error, Result};
+
+async fn index(h: &Handle, link: &str) -> Result<u32> {
+    get(h, link)
+        .await?
+        .map(|l| l.index)
+        .ok_or_else(|| Error::io(format!("link {link} not found")))
+}
+
+fn address_of(msg: &AddressMessage) -> Option<IpNet> {
+    // IFA_LOCAL is the address of the interface; IFA_ADDRESS the peer on
+    // point-to-point links. Prefer the local one when present.
+    let mut found = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => found = Some(*ip),
+            AddressAttribute::Address(ip) if found.is_none() => found = Some(*ip),
+            _ => {}
+        }
+    }
+    found.map(|ip: IpAddr| IpNet {
+        addr: ip.into(),
+        prefix_len: msg.header.prefix_len,
+    })
+}
+
+async fn dump(h: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
+    h.address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err(format!("list addresses of link #{index}"), e))
+}
+
+pub async fn add(h: &Handle, link: &str, addr: &IpNet) -> Result<()> {
+    let index = index(h, link).await?;
+    match h.address().add(index, addr.ip(), addr.prefix_len).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(nl_err(format!("add address {addr} to {link}"), e)),
+    }
+}
+
+pub async fn del(h: &Handle, link: &str, addr: &IpNet) -> Result<()> {
+    let Some(l) = get(h, link).await? else {
+        return Ok(());
+    };
+    for msg in dump(h, l.index).await? {
+        if msg.header.index == l.index && address_of(&msg).as_ref() == Some(addr) {
+            match h.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => return Err(nl_err(format!("delete address {addr} from {link}"), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn list(h: &Handle, link: &str) -> Result<Vec<IpNet>> {
+    let index = index(h, link).await?;
+    Ok(dump(h, index)
+        .await?
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(address_of)
+        .collect())
+}

@@ -1,0 +1,218 @@
+//! The real kernel: rtnetlink over one socket per namespace. The socket for
+//! the container namespace is opened inside it once (the thread enters the
+//! namespace only to create the socket) and used for every later request, so
+//! nothing switches namespaces twice.
+
+mod addr;
+mod link;
+mod route;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use rtnetlink::Handle;
+use tokio::runtime::Runtime;
+
+use super::{netns, sysctl, Kernel, Ns};
+use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
+use crate::bindings::cni::plugin::route::RouteSpec;
+use crate::bindings::IpNet;
+use crate::error::{Error, Result};
+
+struct Container {
+    file: File,
+    handle: Handle,
+}
+
+pub struct NetlinkKernel {
+    rt: Runtime,
+    host: Option<Handle>,
+    netns_path: Option<PathBuf>,
+    container: Option<Container>,
+}
+
+/// The errno of a failed netlink request.
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// A netlink failure as a CNI I/O error naming what was being done.
+pub(crate) fn nl_err(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Error::io(format!("{what}: {}", m.to_io())),
+        other => Error::io(format!("{what}: {other}")),
+    }
+}
+
+fn connect() -> Result<Handle> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| Error::io(format!("open netlink socket: {e}")))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+impl NetlinkKernel {
+    /// `netns` is the invocation's `CNI_NETNS`; it is opened on first use.
+    pub fn new(netns: Option<PathBuf>) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| Error::io(format!("start netlink runtime: {e}")))?;
+        Ok(NetlinkKernel {
+            rt,
+            host: None,
+            netns_path: netns,
+            container: None,
+        })
+    }
+
+    fn open_container(&mut self) -> Result<&Container> {
+        if self.container.is_none() {
+            let path = self
+                .netns_path
+                .as_ref()
+                .ok_or_else(|| Error::env("CNI_NETNS: not given"))?;
+            let file = File::open(path).map_err(|e| {
+                Error::io(format!("CNI_NETNS: open network namespace {}: {e}", path.display()))
+            })?;
+            let _guard = self.rt.enter();
+            let handle = netns::within(&file, connect)??;
+            self.container = Some(Container { file, handle });
+        }
+        self.container
+            .as_ref()
+            .ok_or_else(|| Error::internal("container namespace not opened"))
+    }
+
+    fn handle(&mut self, ns: Ns) -> Result<Handle> {
+        match ns {
+            Ns::Host => {
+                if self.host.is_none() {
+                    let _guard = self.rt.enter();
+                    self.host = Some(connect()?);
+                }
+                self.host
+                    .clone()
+                    .ok_or_else(|| Error::internal("host netlink socket not opened"))
+            }
+            Ns::Container => Ok(self.open_container()?.handle.clone()),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+impl Kernel for NetlinkKernel {
+    fn has_container(&mut self) -> bool {
+        self.open_container().is_ok()
+    }
+
+    fn link_get(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>> {
+        let h = self.handle(ns)?;
+        self.block_on(link::get(&h, name))
+    }
+
+    fn bridge_ensure(&mut self, name: &str, opts: &BridgeOptions) -> Result<(LinkInfo, bool)> {
+        let h = self.handle(Ns::Host)?;
+        self.block_on(link::ensure_bridge(&h, name, opts))
+    }
+
+    fn veth_create(&mut self, host_name: &str, opts: &VethOptions) -> Result<VethPair> {
+        let h = self.handle(Ns::Host)?;
+        let c = self.handle(Ns::Container)?;
+        let fd = self.open_container()?.file.as_raw_fd();
+        self.block_on(link::create_veth(&h, &c, fd, host_name, opts))
+    }
+
+    fn veth_peer(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>> {
+        let here = self.handle(ns)?;
+        let other = match ns {
+            Ns::Host => Ns::Container,
+            Ns::Container => Ns::Host,
+        };
+        let there = self.handle(other)?;
+        self.block_on(link::peer(&here, &there, name))
+    }
+
+    fn link_set_up(&mut self, ns: Ns, name: &str, up: bool) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(link::set_up(&h, name, up))
+    }
+
+    fn link_set_master(&mut self, name: &str, bridge: &str) -> Result<()> {
+        let h = self.handle(Ns::Host)?;
+        self.block_on(link::set_master(&h, name, bridge))
+    }
+
+    fn link_set_promisc(&mut self, name: &str, on: bool) -> Result<()> {
+        let h = self.handle(Ns::Host)?;
+        self.block_on(link::set_promisc(&h, name, on))
+    }
+
+    fn link_set_hairpin(&mut self, name: &str, on: bool) -> Result<()> {
+        let h = self.handle(Ns::Host)?;
+        self.block_on(link::set_hairpin(&h, name, on))
+    }
+
+    fn link_set_port_vlan(&mut self, name: &str, vid: u16, keep_default: bool) -> Result<()> {
+        let h = self.handle(Ns::Host)?;
+        self.block_on(link::set_port_vlan(&h, name, vid, keep_default))
+    }
+
+    fn link_delete(&mut self, ns: Ns, name: &str) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(link::delete(&h, name))
+    }
+
+    fn addr_add(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(addr::add(&h, link, addr))
+    }
+
+    fn addr_del(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(addr::del(&h, link, addr))
+    }
+
+    fn addr_list(&mut self, ns: Ns, link: &str) -> Result<Vec<IpNet>> {
+        let h = self.handle(ns)?;
+        self.block_on(addr::list(&h, link))
+    }
+
+    fn route_add(&mut self, ns: Ns, route: &RouteSpec) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(route::add(&h, route))
+    }
+
+    fn route_del(&mut self, ns: Ns, route: &RouteSpec) -> Result<()> {
+        let h = self.handle(ns)?;
+        self.block_on(route::del(&h, route))
+    }
+
+    fn route_list(&mut self, ns: Ns, dev: &str) -> Result<Vec<RouteSpec>> {
+        let h = self.handle(ns)?;
+        self.block_on(route::list(&h, dev))
+    }
+
+    fn sysctl_get(&mut self, ns: Ns, key: &str) -> Result<String> {
+        match ns {
+            Ns::Host => sysctl::read(key),
+            Ns::Container => netns::within(&self.open_container()?.file, || sysctl::read(key))?,
+        }
+    }
+
+    fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()> {
+        match ns {
+            Ns::Host => sysctl::write(key, value),
+            Ns::Container => {
+                netns::within(&self.open_container()?.file, || sysctl::write(key, value))?
+            }
+        }
+    }
+}

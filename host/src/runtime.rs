@@ -1,0 +1,384 @@
+//! The wasmtime embedding: one engine configuration, component loading
+//! (precompiled artifacts by mmap, compiling only when one is missing or
+//! stale), one linker per role, and the run of one invocation with its
+//! limits and its undo log.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use crate::bindings::{AnyPlugin, CniResult, NetworkRequest, Request};
+use crate::cni::Command;
+use crate::delegate;
+use crate::error::{code, Error, Result};
+use crate::grants::{Grants, Role};
+use crate::kernel::Kernel;
+use crate::state::{HostState, Invocation, Undo};
+
+/// Extension of a component as built (`wasm32-wasip2`).
+pub const WASM_EXT: &str = "wasm";
+/// Extension of a component precompiled for this host.
+pub const PRECOMPILED_EXT: &str = "cwasm";
+/// The interface whose import marks a component as an IPAM plugin.
+const STORE_INTERFACE: &str = "cni:plugin/store@0.1.0";
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits every plugin instance runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall time a plugin may spend running wasm code.
+    pub timeout: Duration,
+    /// Linear memory a plugin may hold.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(10),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The one engine configuration. Precompiled artifacts only load into an
+/// engine configured the same way, so both the precompiler and the runtime
+/// take it from here.
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+pub struct Runtime {
+    engine: Engine,
+    dir: PathBuf,
+    network: Linker<HostState>,
+    ipam: Linker<HostState>,
+    limits: Limits,
+    loaded: Mutex<HashMap<String, Component>>,
+}
+
+fn wasm_err(what: impl std::fmt::Display, e: wasmtime::Error) -> Error {
+    Error::internal(format!("{what}: {e:#}"))
+}
+
+impl Runtime {
+    /// A runtime serving the components in `dir` (`<type>.cwasm`, `<type>.wasm`).
+    pub fn new(dir: impl Into<PathBuf>, limits: Limits) -> Result<Arc<Self>> {
+        let engine = Engine::new(&engine_config()).map_err(|e| wasm_err("create engine", e))?;
+        let ticker = engine.weak();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match ticker.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        });
+        let network = Self::linker(&engine, Role::Network).map_err(|e| wasm_err("link", e))?;
+        let ipam = Self::linker(&engine, Role::Ipam).map_err(|e| wasm_err("link", e))?;
+        Ok(Arc::new(Runtime {
+            engine,
+            dir: dir.into(),
+            network,
+            ipam,
+            limits,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Deny by default: an IPAM component is linked to `log` and `store`
+    /// only; a network component to everything but `store`.
+    fn linker(engine: &Engine, role: Role) -> wasmtime::Result<Linker<HostState>> {
+        use crate::bindings::cni::plugin as cap;
+        type Me = wasmtime::component::HasSelf<HostState>;
+        let mut l = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut l)?;
+        cap::types::add_to_linker::<_, Me>(&mut l, |s| s)?;
+        cap::log::add_to_linker::<_, Me>(&mut l, |s| s)?;
+        match role {
+            Role::Ipam => cap::store::add_to_linker::<_, Me>(&mut l, |s| s)?,
+            Role::Network => {
+                cap::netns::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::link::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::addr::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::route::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::sysctl::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::ipam::add_to_linker::<_, Me>(&mut l, |s| s)?;
+            }
+        }
+        Ok(l)
+    }
+
+    pub(crate) fn limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .build()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Compiles a component for this host, for `load` to mmap later.
+    pub fn precompile(&self, wasm: &Path, out: &Path) -> Result<()> {
+        let bytes = std::fs::read(wasm)
+            .map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
+        let compiled = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?;
+        std::fs::write(out, compiled).map_err(|e| Error::io(format!("write {}: {e}", out.display())))
+    }
+
+    /// Whether a component named `name` is installed.
+    pub fn has_component(&self, name: &str) -> bool {
+        let base = self.dir.join(name);
+        base.with_extension(PRECOMPILED_EXT).is_file() || base.with_extension(WASM_EXT).is_file()
+    }
+
+    /// Loads `name`: the precompiled artifact by mmap, or, when it is missing
+    /// or was built by another host version, the component compiled now.
+    pub fn load(&self, name: &str) -> Result<Component> {
+        if let Some(c) = self.loaded.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(c);
+        }
+        let base = self.dir.join(name);
+        let precompiled = base.with_extension(PRECOMPILED_EXT);
+        let started = Instant::now();
+        // SAFETY: the artifact is one this host's `precompile` wrote into the
+        // plugin directory, which only root can write; wasmtime checks that
+        // it matches this engine's version and configuration.
+        let component = match unsafe { Component::deserialize_file(&self.engine, &precompiled) } {
+            Ok(c) => c,
+            Err(e) => {
+                let wasm = base.with_extension(WASM_EXT);
+                if !wasm.is_file() {
+                    return Err(Error::config(format!(
+                        "type: no plugin component {name:?} in {}",
+                        self.dir.display()
+                    )));
+                }
+                if precompiled.exists() {
+                    tracing::warn!(component = name, "precompiled artifact unusable ({e:#}); compiling");
+                } else {
+                    tracing::warn!(component = name, "no precompiled artifact; compiling");
+                }
+                Component::from_file(&self.engine, &wasm)
+                    .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?
+            }
+        };
+        tracing::debug!(component = name, elapsed_us = started.elapsed().as_micros() as u64, "loaded");
+        if let Ok(mut m) = self.loaded.lock() {
+            m.insert(name.to_string(), component.clone());
+        }
+        Ok(component)
+    }
+
+    /// The role a component's imports give it.
+    pub fn role(&self, component: &Component) -> Role {
+        let ty = component.component_type();
+        let mut names = ty.imports(&self.engine).map(|(name, _)| name);
+        if names.any(|n| n == STORE_INTERFACE) {
+            Role::Ipam
+        } else {
+            Role::Network
+        }
+    }
+
+    /// Runs one invocation of plugin `name`. A failed ADD is undone: links
+    /// it created are deleted and its IPAM allocation released.
+    pub fn run(
+        self: &Arc<Self>,
+        name: &str,
+        inv: Invocation,
+        kernel: Box<dyn Kernel + Send>,
+    ) -> Result<Option<CniResult>> {
+        let inv = Arc::new(inv);
+        let component = self.load(name)?;
+        let role = self.role(&component);
+        let (grants, kernel) = match role {
+            Role::Network => (Grants::network(&inv.conf, &inv.env), Some(kernel)),
+            Role::Ipam => (Grants::ipam(&inv.conf, &inv.env)?, None),
+        };
+        let (result, mut state) = self.call(name, &component, role, grants, kernel, &inv);
+        if result.is_err() && inv.command == Command::Add {
+            self.undo(&mut state);
+        }
+        let mut result = result?;
+        if let (Some(r), Some(netns)) = (result.as_mut(), inv.env.netns.as_ref()) {
+            for iface in &mut r.interfaces {
+                if iface.sandbox.is_some() {
+                    iface.sandbox = Some(netns.display().to_string());
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Runs the IPAM plugin `name` for a network plugin: in-process when a
+    /// component has that name, else the native binary from `CNI_PATH`.
+    pub(crate) fn delegate(
+        self: &Arc<Self>,
+        name: &str,
+        command: Command,
+        inv: &Arc<Invocation>,
+    ) -> Result<Option<CniResult>> {
+        let started = Instant::now();
+        let out = if self.has_component(name) {
+            let component = self.load(name)?;
+            let inv = Arc::new(Invocation {
+                command,
+                ..(**inv).clone()
+            });
+            let grants = match self.role(&component) {
+                Role::Ipam => Grants::ipam(&inv.conf, &inv.env)?,
+                Role::Network => Grants::network(&inv.conf, &inv.env),
+            };
+            let role = grants.role;
+            self.call(name, &component, role, grants, None, &inv).0
+        } else {
+            let binary = delegate::find(name, &inv.env.path).ok_or_else(|| {
+                Error::config(format!(
+                    "ipam.type: no IPAM plugin {name:?} installed here or in CNI_PATH"
+                ))
+            })?;
+            delegate::exec(&binary, command, inv)
+        };
+        tracing::debug!(
+            ipam = name,
+            command = command.as_str(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "delegated"
+        );
+        out.map_err(|e| e.context(format!("IPAM plugin {name}")))
+    }
+
+    fn call(
+        self: &Arc<Self>,
+        name: &str,
+        component: &Component,
+        role: Role,
+        grants: Grants,
+        kernel: Option<Box<dyn Kernel + Send>>,
+        inv: &Arc<Invocation>,
+    ) -> (Result<Option<CniResult>>, HostState) {
+        let state = HostState::new(self.clone(), inv.clone(), name, grants, kernel);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline((self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        let linker = match role {
+            Role::Network => &self.network,
+            Role::Ipam => &self.ipam,
+        };
+        let out = self.instantiate_and_call(name, component, linker, &mut store, inv);
+        (out, store.into_data())
+    }
+
+    fn instantiate_and_call(
+        &self,
+        name: &str,
+        component: &Component,
+        linker: &Linker<HostState>,
+        store: &mut Store<HostState>,
+        inv: &Invocation,
+    ) -> Result<Option<CniResult>> {
+        let trap = |e: wasmtime::Error| self.trap(name, e);
+        let plugin = AnyPlugin::instantiate(&mut *store, component, linker).map_err(|e| {
+            Error::new(
+                code::PLUGIN_FAULT,
+                format!("plugin {name} cannot be instantiated with the capabilities its role grants: {e:#}"),
+            )
+        })?;
+        let api = plugin.cni_plugin_plugin();
+        let out = match inv.command {
+            Command::Add | Command::Del | Command::Check => {
+                let has_netns = match store.data_mut().kernel.as_deref_mut() {
+                    Some(k) => inv.env.netns.is_some() && k.has_container(),
+                    None => inv.env.netns.as_ref().is_some_and(|p| p.exists()),
+                };
+                let req = request(inv, has_netns);
+                match inv.command {
+                    Command::Add => api.call_add(&mut *store, &req).map_err(trap)?.map(Some),
+                    Command::Del => api.call_del(&mut *store, &req).map_err(trap)?.map(|()| None),
+                    _ => api.call_check(&mut *store, &req).map_err(trap)?.map(|()| None),
+                }
+            }
+            Command::Status | Command::Gc => {
+                let req = NetworkRequest {
+                    network_name: inv.conf.name.clone(),
+                    cni_version: inv.conf.cni_version.clone(),
+                    config: inv.conf.to_json(),
+                    valid_attachments: match inv.command {
+                        Command::Gc => inv.conf.valid_attachments()?,
+                        _ => Vec::new(),
+                    },
+                };
+                match inv.command {
+                    Command::Gc => api.call_gc(&mut *store, &req).map_err(trap)?.map(|()| None),
+                    _ => api.call_status(&mut *store, &req).map_err(trap)?.map(|()| None),
+                }
+            }
+            Command::Version => return Err(Error::internal("VERSION is answered by the host")),
+        };
+        out.map_err(Error::from)
+    }
+
+    /// A trap as a CNI error that says what stopped the plugin.
+    fn trap(&self, name: &str, e: wasmtime::Error) -> Error {
+        let why = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!(
+                "ran longer than its time limit of {} ms and was stopped",
+                self.limits.timeout.as_millis()
+            ),
+            _ => format!("trapped: {e:#}"),
+        };
+        Error::new(code::PLUGIN_FAULT, format!("plugin {name} {why}"))
+    }
+
+    /// Undoes what a failed ADD created, newest first, continuing past
+    /// failures and logging each.
+    fn undo(self: &Arc<Self>, state: &mut HostState) {
+        let undo = std::mem::take(&mut state.undo);
+        for step in undo.into_iter().rev() {
+            let res = match &step {
+                Undo::DeleteLink(ns, link) => match state.kernel.as_deref_mut() {
+                    Some(k) => k.link_delete(*ns, link),
+                    None => Ok(()),
+                },
+                Undo::IpamDel => match state.grants.ipam.clone() {
+                    Some(ipam) => {
+                        let inv = Arc::new(Invocation {
+                            command: Command::Del,
+                            ..(*state.inv).clone()
+                        });
+                        self.delegate(&ipam, Command::Del, &inv).map(|_| ())
+                    }
+                    None => Ok(()),
+                },
+            };
+            match res {
+                Ok(()) => tracing::info!(?step, "undone after failed ADD"),
+                Err(e) => tracing::error!(?step, error = %e, "could not undo after failed ADD"),
+            }
+        }
+    }
+}
+
+fn request(inv: &Invocation, has_netns: bool) -> Request {
+    Request {
+        network_name: inv.conf.name.clone(),
+        cni_version: inv.conf.cni_version.clone(),
+        container_id: inv.env.container_id.clone(),
+        ifname: inv.env.ifname.clone(),
+        args: inv.env.args.clone(),
+        config: inv.conf.to_json(),
+        prev_result: inv.conf.prev_result.clone(),
+        has_netns,
+    }
+}

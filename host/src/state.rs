@@ -1,0 +1,91 @@
+//! The data of one component instance: its grants, the kernel it talks to,
+//! its store, and the undo log of what it created.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::cni::{Command, Env, NetConf};
+use crate::error::{Error, Result};
+use crate::grants::Grants;
+use crate::kernel::{Kernel, Ns};
+use crate::runtime::Runtime;
+use crate::store::DiskStore;
+
+/// One invocation as the runtime made it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub command: Command,
+    pub env: Env,
+    pub conf: NetConf,
+}
+
+/// Something an ADD created, undone in reverse order when the ADD fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    DeleteLink(Ns, String),
+    IpamDel,
+}
+
+pub struct HostState {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) inv: Arc<Invocation>,
+    pub(crate) plugin: String,
+    pub(crate) grants: Grants,
+    pub(crate) kernel: Option<Box<dyn Kernel + Send>>,
+    pub(crate) store: Option<DiskStore>,
+    pub(crate) undo: Vec<Undo>,
+    pub(crate) limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        inv: Arc<Invocation>,
+        plugin: &str,
+        grants: Grants,
+        kernel: Option<Box<dyn Kernel + Send>>,
+    ) -> Self {
+        let store = grants.store.clone().map(DiskStore::new);
+        HostState {
+            limits: runtime.limits(),
+            runtime,
+            inv,
+            plugin: plugin.to_string(),
+            grants,
+            kernel,
+            store,
+            undo: Vec::new(),
+            // Nothing granted: no preopens, no sockets, no environment.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    pub(crate) fn kernel(&mut self) -> Result<&mut (dyn Kernel + Send + 'static)> {
+        self.kernel
+            .as_deref_mut()
+            .ok_or_else(|| Error::denied("an IPAM plugin has no access to network links"))
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    pub(crate) fn table_ref(&self) -> &ResourceTable {
+        &self.table
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
