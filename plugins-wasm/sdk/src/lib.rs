@@ -38,6 +38,7 @@ pub use types::{
 
 mod config;
 mod error;
+pub mod iface;
 mod ip;
 
 pub use config::{arg, parse_config, IpamConfig};
