@@ -186,6 +186,11 @@ impl Plugin for Bridge {
         if conf.dns.is_some() {
             result.dns = conf.dns;
         }
+        // The bridge takes a port's MAC when the first one joins: report the
+        // MAC it has now.
+        if let Some(now) = link::get(&host, &conf.bridge)? {
+            result.interfaces[0] = interface(&now, false);
+        }
         Ok(result)
     }
 
