@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     logging::init();
     let started = Instant::now();
     let container = std::env::var("CNI_CONTAINERID").unwrap_or_default();
-    let span = tracing::info_span!("cni", command = %command, container_id = %container, plugin = %name);
+    let span =
+        tracing::info_span!("cni", command = %command, container_id = %container, plugin = %name);
     let _enter = span.enter();
 
     let mut stdout = std::io::stdout().lock();
@@ -117,7 +118,11 @@ fn read_stdin() -> Result<Vec<u8>, Error> {
 fn version_json(stdin: &[u8]) -> serde_json::Value {
     let asked = serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        })
         .filter(|v| version::SUPPORTED.contains(&v.as_str()));
     json!({
         "cniVersion": asked.unwrap_or_else(|| version::LATEST.to_string()),
@@ -163,8 +168,8 @@ fn admin(args: &[String]) -> ExitCode {
 
 fn precompile(dir: &Path) -> Result<usize, Error> {
     let runtime = Runtime::new(dir, Limits::default())?;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("read {}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}: {e}", dir.display())))?;
     let mut n = 0;
     for entry in entries {
         let path = entry
@@ -190,14 +195,16 @@ mod logging {
     use tracing_subscriber::EnvFilter;
 
     pub fn init() {
-        let path = std::env::var("WASM_CNI_LOG_FILE").unwrap_or_else(|_| "/var/log/wasm-cni.log".into());
+        let path =
+            std::env::var("WASM_CNI_LOG_FILE").unwrap_or_else(|_| "/var/log/wasm-cni.log".into());
         if path.is_empty() {
             return;
         }
         let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) else {
             return;
         };
-        let filter = EnvFilter::try_from_env("WASM_CNI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter =
+            EnvFilter::try_from_env("WASM_CNI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(Mutex::new(file))

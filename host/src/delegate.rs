@@ -35,7 +35,10 @@ pub fn exec(binary: &Path, command: Command, inv: &Invocation) -> Result<Option<
         .env("CNI_CONTAINERID", &env.container_id)
         .env(
             "CNI_NETNS",
-            env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            env.netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         )
         .env("CNI_IFNAME", &env.ifname)
         .env("CNI_ARGS", args)

@@ -108,7 +108,9 @@ impl Grants {
         if self.role == Role::Network && self.links(ns).contains(name) {
             Ok(())
         } else {
-            Err(Error::denied(format!("link {name:?} in the {ns} namespace is outside this invocation's grant")))
+            Err(Error::denied(format!(
+                "link {name:?} in the {ns} namespace is outside this invocation's grant"
+            )))
         }
     }
 
@@ -131,7 +133,8 @@ impl Grants {
             return Ok(());
         }
         for prefix in ["net.ipv4.conf.", "net.ipv6.conf."] {
-            if let Some((ifname, leaf)) = key.strip_prefix(prefix).and_then(|r| r.rsplit_once('.')) {
+            if let Some((ifname, leaf)) = key.strip_prefix(prefix).and_then(|r| r.rsplit_once('.'))
+            {
                 if IFACE_SYSCTLS.contains(&leaf) && self.links(ns).contains(ifname) {
                     return Ok(());
                 }
@@ -171,11 +174,19 @@ mod tests {
     fn sysctls_are_listed_and_scoped_to_granted_links() {
         let g = grants(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#);
         assert!(g.check_sysctl(Ns::Host, "net.ipv4.ip_forward").is_ok());
-        assert!(g.check_sysctl(Ns::Container, "net.ipv6.conf.eth0.accept_dad").is_ok());
-        assert!(g.check_sysctl(Ns::Host, "net.ipv4.conf.cni0.route_localnet").is_ok());
-        assert!(g.check_sysctl(Ns::Host, "net.ipv4.conf.eth7.route_localnet").is_err());
+        assert!(g
+            .check_sysctl(Ns::Container, "net.ipv6.conf.eth0.accept_dad")
+            .is_ok());
+        assert!(g
+            .check_sysctl(Ns::Host, "net.ipv4.conf.cni0.route_localnet")
+            .is_ok());
+        assert!(g
+            .check_sysctl(Ns::Host, "net.ipv4.conf.eth7.route_localnet")
+            .is_err());
         assert!(g.check_sysctl(Ns::Host, "kernel.core_pattern").is_err());
-        assert!(g.check_sysctl(Ns::Container, "net.ipv4.conf.eth0.rp_filter").is_err());
+        assert!(g
+            .check_sysctl(Ns::Container, "net.ipv4.conf.eth0.rp_filter")
+            .is_err());
     }
 
     #[test]

@@ -127,13 +127,14 @@ impl Runtime {
 
     /// Compiles a component for this host, for `load` to mmap later.
     pub fn precompile(&self, wasm: &Path, out: &Path) -> Result<()> {
-        let bytes = std::fs::read(wasm)
-            .map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
+        let bytes =
+            std::fs::read(wasm).map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
         let compiled = self
             .engine
             .precompile_component(&bytes)
             .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?;
-        std::fs::write(out, compiled).map_err(|e| Error::io(format!("write {}: {e}", out.display())))
+        std::fs::write(out, compiled)
+            .map_err(|e| Error::io(format!("write {}: {e}", out.display())))
     }
 
     /// Whether a component named `name` is installed.
@@ -165,7 +166,10 @@ impl Runtime {
                     )));
                 }
                 if precompiled.exists() {
-                    tracing::warn!(component = name, "precompiled artifact unusable ({e:#}); compiling");
+                    tracing::warn!(
+                        component = name,
+                        "precompiled artifact unusable ({e:#}); compiling"
+                    );
                 } else {
                     tracing::warn!(component = name, "no precompiled artifact; compiling");
                 }
@@ -173,7 +177,11 @@ impl Runtime {
                     .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?
             }
         };
-        tracing::debug!(component = name, elapsed_us = started.elapsed().as_micros() as u64, "loaded");
+        tracing::debug!(
+            component = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "loaded"
+        );
         if let Ok(mut m) = self.loaded.lock() {
             m.insert(name.to_string(), component.clone());
         }
@@ -271,7 +279,9 @@ impl Runtime {
         let state = HostState::new(self.clone(), inv.clone(), name, grants, kernel);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline((self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        store.set_epoch_deadline(
+            (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+        );
         let linker = match role {
             Role::Network => &self.network,
             Role::Ipam => &self.ipam,
@@ -305,8 +315,14 @@ impl Runtime {
                 let req = request(inv, has_netns);
                 match inv.command {
                     Command::Add => api.call_add(&mut *store, &req).map_err(trap)?.map(Some),
-                    Command::Del => api.call_del(&mut *store, &req).map_err(trap)?.map(|()| None),
-                    _ => api.call_check(&mut *store, &req).map_err(trap)?.map(|()| None),
+                    Command::Del => api
+                        .call_del(&mut *store, &req)
+                        .map_err(trap)?
+                        .map(|()| None),
+                    _ => api
+                        .call_check(&mut *store, &req)
+                        .map_err(trap)?
+                        .map(|()| None),
                 }
             }
             Command::Status | Command::Gc => {
@@ -321,7 +337,10 @@ impl Runtime {
                 };
                 match inv.command {
                     Command::Gc => api.call_gc(&mut *store, &req).map_err(trap)?.map(|()| None),
-                    _ => api.call_status(&mut *store, &req).map_err(trap)?.map(|()| None),
+                    _ => api
+                        .call_status(&mut *store, &req)
+                        .map_err(trap)?
+                        .map(|()| None),
                 }
             }
             Command::Version => return Err(Error::internal("VERSION is answered by the host")),

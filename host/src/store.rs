@@ -91,7 +91,11 @@ impl DiskStore {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.context(format!("read {}", self.dir.display()))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
                 continue; // lock, last_reserved_ip.*, anything else
             };
             let content = match fs::read_to_string(entry.path()) {
@@ -115,7 +119,9 @@ impl DiskStore {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|r| r.container_id == container_id && (r.ifname == ifname || r.ifname.is_empty()))
+            .filter(|r| {
+                r.container_id == container_id && (r.ifname == ifname || r.ifname.is_empty())
+            })
             .map(|r| r.ip)
             .collect())
     }
@@ -157,9 +163,15 @@ mod tests {
         let ip: IpAddr = "10.1.0.2".parse().unwrap();
         assert!(s.reserve(ip, "c1", "eth0").unwrap());
         assert!(!s.reserve(ip, "c2", "eth0").unwrap());
-        assert_eq!(fs::read_to_string(dir.join("10.1.0.2")).unwrap(), "c1\r\neth0");
+        assert_eq!(
+            fs::read_to_string(dir.join("10.1.0.2")).unwrap(),
+            "c1\r\neth0"
+        );
         s.set_last_reserved(0, ip).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.1.0.2");
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+            "10.1.0.2"
+        );
         assert!(dir.join("lock").exists());
         // A legacy file without an interface name belongs to its container.
         fs::write(dir.join("fd00::5"), "c1").unwrap();

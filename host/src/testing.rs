@@ -39,7 +39,10 @@ impl MockKernel {
             let mut s = k.state();
             s.has_container = true;
             s.next_index = 10;
-            s.links.insert((Ns::Container, "lo".into()), link("lo", 1, "00:00:00:00:00:00", 65536, "", false));
+            s.links.insert(
+                (Ns::Container, "lo".into()),
+                link("lo", 1, "00:00:00:00:00:00", 65536, "", false),
+            );
         }
         k
     }
@@ -70,7 +73,10 @@ fn link(name: &str, index: u32, mac: &str, mtu: u32, kind: &str, up: bool) -> Li
 
 impl MockState {
     fn record(&mut self, call: String) -> Result<()> {
-        let fail = self.fail_on.as_ref().is_some_and(|f| call.starts_with(f.as_str()));
+        let fail = self
+            .fail_on
+            .as_ref()
+            .is_some_and(|f| call.starts_with(f.as_str()));
         self.calls.push(call.clone());
         if fail {
             Err(Error::io(format!("mock failure: {call}")))
@@ -115,7 +121,14 @@ impl Kernel for MockKernel {
         }
         s.next_index += 1;
         let mac = opts.mac.clone().unwrap_or_else(|| s.mac());
-        let l = link(name, s.next_index, &mac, opts.mtu.unwrap_or(1500), "bridge", true);
+        let l = link(
+            name,
+            s.next_index,
+            &mac,
+            opts.mtu.unwrap_or(1500),
+            "bridge",
+            true,
+        );
         s.links.insert(key, l.clone());
         Ok((l, true))
     }
@@ -139,17 +152,32 @@ impl Kernel for MockKernel {
         let host = link(host_name, s.next_index, &host_mac, mtu, "veth", false);
         s.next_index += 1;
         let cmac = opts.container_mac.clone().unwrap_or_else(|| s.mac());
-        let container = link(&opts.container_ifname, s.next_index, &cmac, mtu, "veth", false);
+        let container = link(
+            &opts.container_ifname,
+            s.next_index,
+            &cmac,
+            mtu,
+            "veth",
+            false,
+        );
         s.links.insert((Ns::Host, host_name.into()), host.clone());
         s.links.insert(ckey, container.clone());
-        s.peers.insert((Ns::Host, host_name.into()), opts.container_ifname.clone());
-        s.peers.insert((Ns::Container, opts.container_ifname.clone()), host_name.into());
+        s.peers
+            .insert((Ns::Host, host_name.into()), opts.container_ifname.clone());
+        s.peers.insert(
+            (Ns::Container, opts.container_ifname.clone()),
+            host_name.into(),
+        );
         Ok(VethPair { host, container })
     }
 
     fn veth_peer(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>> {
         let s = self.state();
-        let other = if ns == Ns::Host { Ns::Container } else { Ns::Host };
+        let other = if ns == Ns::Host {
+            Ns::Container
+        } else {
+            Ns::Host
+        };
         Ok(s.peers
             .get(&(ns, name.to_string()))
             .and_then(|p| s.links.get(&(other, p.clone())))
@@ -170,7 +198,10 @@ impl Kernel for MockKernel {
         let mut s = self.state();
         s.record(format!("link.set-master {name} {bridge}"))?;
         s.need(Ns::Host, bridge)?;
-        let master = s.links.get(&(Ns::Host, bridge.to_string())).map(|b| b.index);
+        let master = s
+            .links
+            .get(&(Ns::Host, bridge.to_string()))
+            .map(|b| b.index);
         match s.links.get_mut(&(Ns::Host, name.to_string())) {
             Some(l) => {
                 l.master = master;
@@ -189,8 +220,9 @@ impl Kernel for MockKernel {
     }
 
     fn link_set_port_vlan(&mut self, name: &str, vid: u16, keep_default: bool) -> Result<()> {
-        self.state()
-            .record(format!("link.set-port-vlan {name} {vid} keep-default={keep_default}"))
+        self.state().record(format!(
+            "link.set-port-vlan {name} {vid} keep-default={keep_default}"
+        ))
     }
 
     fn link_delete(&mut self, ns: Ns, name: &str) -> Result<()> {
@@ -199,7 +231,11 @@ impl Kernel for MockKernel {
         if s.links.remove(&(ns, name.to_string())).is_some() {
             s.addrs.remove(&(ns, name.to_string()));
             if let Some(peer) = s.peers.remove(&(ns, name.to_string())) {
-                let other = if ns == Ns::Host { Ns::Container } else { Ns::Host };
+                let other = if ns == Ns::Host {
+                    Ns::Container
+                } else {
+                    Ns::Host
+                };
                 s.links.remove(&(other, peer.clone()));
                 s.addrs.remove(&(other, peer.clone()));
                 s.peers.remove(&(other, peer));
@@ -231,13 +267,19 @@ impl Kernel for MockKernel {
     fn addr_list(&mut self, ns: Ns, link: &str) -> Result<Vec<IpNet>> {
         let s = self.state();
         s.need(ns, link)?;
-        Ok(s.addrs.get(&(ns, link.to_string())).cloned().unwrap_or_default())
+        Ok(s.addrs
+            .get(&(ns, link.to_string()))
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn route_add(&mut self, ns: Ns, route: &RouteSpec) -> Result<()> {
         let mut s = self.state();
         let gw = route.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-        s.record(format!("route.add {ns} {}{gw} dev {}", route.dst, route.dev))?;
+        s.record(format!(
+            "route.add {ns} {}{gw} dev {}",
+            route.dst, route.dev
+        ))?;
         s.need(ns, &route.dev)?;
         let list = s.routes.entry(ns).or_default();
         if !list.contains(route) {
@@ -265,7 +307,10 @@ impl Kernel for MockKernel {
 
     fn sysctl_get(&mut self, ns: Ns, key: &str) -> Result<String> {
         let s = self.state();
-        Ok(s.sysctls.get(&(ns, key.to_string())).cloned().unwrap_or_else(|| "0".into()))
+        Ok(s.sysctls
+            .get(&(ns, key.to_string()))
+            .cloned()
+            .unwrap_or_else(|| "0".into()))
     }
 
     fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()> {

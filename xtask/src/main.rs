@@ -39,7 +39,10 @@ fn cargo() -> Command {
 
 /// Guest workspaces: the reference plugins and the example plugin.
 fn guest_workspaces() -> Vec<PathBuf> {
-    vec![root().join("plugins-wasm"), root().join("examples/hello-tuning")]
+    vec![
+        root().join("plugins-wasm"),
+        root().join("examples/hello-tuning"),
+    ]
 }
 
 fn build_guests() -> Result<Vec<(String, PathBuf)>> {
@@ -56,7 +59,10 @@ fn build_guests() -> Result<Vec<(String, PathBuf)>> {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) == Some("wasm") {
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
                 out.push((stem.replace('_', "-"), path));
             }
         }
@@ -66,14 +72,17 @@ fn build_guests() -> Result<Vec<(String, PathBuf)>> {
 }
 
 fn build_host() -> Result<PathBuf> {
-    run(cargo().current_dir(root()).args(["build", "--release", "-p", ENTRY]))?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "-p", ENTRY]))?;
     Ok(root().join("target/release").join(ENTRY))
 }
 
 fn replace_file(from: &Path, to: &Path) -> Result {
     // Remove first: a running binary cannot be overwritten in place.
     let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
+    std::fs::copy(from, to)
+        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -96,7 +105,11 @@ fn install(dir: &Path) -> Result {
         "installed {} plugins into {}: {}",
         guests.len(),
         dir.display(),
-        guests.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        guests
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -120,19 +133,35 @@ fn test() -> Result {
 
 fn demo() -> Result {
     install(&dist())?;
-    run(Command::new(root().join("examples/demo.sh")).env("WASM_CNI_DIST", dist()))
+    run(cargo()
+        .current_dir(root())
+        .env("WASM_CNI_DIST", dist())
+        .args(["run", "--quiet", "-p", "wasm-cni-tests", "--example", "demo"]))
 }
 
 fn lint() -> Result {
-    run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
     run(cargo()
         .current_dir(root())
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        .args(["fmt", "--all", "--check"]))?;
+    run(cargo().current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     for ws in guest_workspaces() {
         if ws.join("Cargo.toml").is_file() {
             run(cargo().current_dir(&ws).args(["fmt", "--all", "--check"]))?;
             run(cargo().current_dir(&ws).args([
-                "clippy", "--target", GUEST_TARGET, "--all-targets", "--", "-D", "warnings",
+                "clippy",
+                "--target",
+                GUEST_TARGET,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
             ]))?;
         }
     }
@@ -141,7 +170,12 @@ fn lint() -> Result {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let res = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let res = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["build"] => build_guests().and_then(|_| build_host()).map(|_| ()),
         ["install", dir] => install(Path::new(dir)),
         ["test"] => test(),

@@ -8,13 +8,23 @@ use crate::bindings::{CniError, IpNet};
 use crate::state::HostState;
 
 impl Host for HostState {
-    fn add(&mut self, ns: Resource<Namespace>, link: String, address: IpNet) -> Result<(), CniError> {
+    fn add(
+        &mut self,
+        ns: Resource<Namespace>,
+        link: String,
+        address: IpNet,
+    ) -> Result<(), CniError> {
         let ns = self.ns(&ns)?;
         self.grants.check_link(ns, &link)?;
         Ok(self.kernel()?.addr_add(ns, &link, &address)?)
     }
 
-    fn del(&mut self, ns: Resource<Namespace>, link: String, address: IpNet) -> Result<(), CniError> {
+    fn del(
+        &mut self,
+        ns: Resource<Namespace>,
+        link: String,
+        address: IpNet,
+    ) -> Result<(), CniError> {
         let ns = self.ns(&ns)?;
         self.grants.check_link(ns, &link)?;
         Ok(self.kernel()?.addr_del(ns, &link, &address)?)

@@ -9,7 +9,9 @@ use crate::state::{HostState, Undo};
 impl HostState {
     fn delegate(&mut self, command: Command) -> Result<Option<CniResult>> {
         let Some(ipam) = self.grants.ipam.clone() else {
-            return Err(Error::config("ipam.type: this network configures no IPAM plugin"));
+            return Err(Error::config(
+                "ipam.type: this network configures no IPAM plugin",
+            ));
         };
         self.runtime.delegate(&ipam, command, &self.inv)
     }

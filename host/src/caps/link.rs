@@ -38,7 +38,10 @@ impl Host for HostState {
         opts: VethOptions,
     ) -> Result<VethPair, CniError> {
         if self.ns(&container)? != Ns::Container {
-            return Err(Error::denied("create-veth: the peer must go into the container namespace").into());
+            return Err(Error::denied(
+                "create-veth: the peer must go into the container namespace",
+            )
+            .into());
         }
         if opts.container_ifname != self.grants.ifname {
             return Err(Error::denied(format!(
@@ -65,12 +68,20 @@ impl Host for HostState {
         Ok(self.kernel()?.link_get(ns, &name)?)
     }
 
-    fn veth_peer(&mut self, ns: Resource<Namespace>, name: String) -> Result<Option<LinkInfo>, CniError> {
+    fn veth_peer(
+        &mut self,
+        ns: Resource<Namespace>,
+        name: String,
+    ) -> Result<Option<LinkInfo>, CniError> {
         let ns = self.ns(&ns)?;
         self.grants.check_link(ns, &name)?;
         let peer = self.kernel()?.veth_peer(ns, &name)?;
         if let Some(p) = &peer {
-            let other = if ns == Ns::Host { Ns::Container } else { Ns::Host };
+            let other = if ns == Ns::Host {
+                Ns::Container
+            } else {
+                Ns::Host
+            };
             self.grants.allow_link(other, &p.name);
         }
         Ok(peer)
@@ -98,12 +109,19 @@ impl Host for HostState {
         Ok(self.kernel()?.link_set_hairpin(&name, on)?)
     }
 
-    fn set_port_vlan(&mut self, name: String, vid: u16, keep_default: bool) -> Result<(), CniError> {
+    fn set_port_vlan(
+        &mut self,
+        name: String,
+        vid: u16,
+        keep_default: bool,
+    ) -> Result<(), CniError> {
         self.grants.check_link(Ns::Host, &name)?;
         if vid == 0 || vid > 4094 {
             return Err(Error::config(format!("vlan: {vid} is outside 1-4094")).into());
         }
-        Ok(self.kernel()?.link_set_port_vlan(&name, vid, keep_default)?)
+        Ok(self
+            .kernel()?
+            .link_set_port_vlan(&name, vid, keep_default)?)
     }
 
     fn delete(&mut self, ns: Resource<Namespace>, name: String) -> Result<(), CniError> {

@@ -29,7 +29,9 @@ impl Host for HostState {
 
     fn container(&mut self) -> wasmtime::Result<Result<Resource<Namespace>, CniError>> {
         if self.grants.role != crate::grants::Role::Network {
-            return Ok(Err(Error::denied("an IPAM plugin has no namespace access").into()));
+            return Ok(Err(
+                Error::denied("an IPAM plugin has no namespace access").into()
+            ));
         }
         let present = match self.kernel() {
             Ok(k) => k.has_container(),

@@ -15,7 +15,12 @@ impl HostState {
 }
 
 impl Host for HostState {
-    fn reserve(&mut self, ip: IpAddress, container_id: String, ifname: String) -> Result<bool, CniError> {
+    fn reserve(
+        &mut self,
+        ip: IpAddress,
+        container_id: String,
+        ifname: String,
+    ) -> Result<bool, CniError> {
         Ok(self.disk()?.reserve(ip.into(), &container_id, &ifname)?)
     }
 
@@ -23,7 +28,11 @@ impl Host for HostState {
         Ok(self.disk()?.release(ip.into())?)
     }
 
-    fn release_owner(&mut self, container_id: String, ifname: String) -> Result<Vec<IpAddress>, CniError> {
+    fn release_owner(
+        &mut self,
+        container_id: String,
+        ifname: String,
+    ) -> Result<Vec<IpAddress>, CniError> {
         let ips = self.disk()?.release_owner(&container_id, &ifname)?;
         Ok(ips.into_iter().map(Into::into).collect())
     }

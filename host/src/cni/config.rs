@@ -30,8 +30,9 @@ impl NetConf {
                 "network configuration is larger than {MAX_CONFIG_BYTES} bytes"
             )));
         }
-        let raw: Map<String, Value> = serde_json::from_slice(bytes)
-            .map_err(|e| Error::decode(format!("network configuration is not a JSON object: {e}")))?;
+        let raw: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
+            Error::decode(format!("network configuration is not a JSON object: {e}"))
+        })?;
         let cni_version = string_field(&raw, "cniVersion")?
             .ok_or_else(|| Error::config("cniVersion: missing"))?;
         version::check(&cni_version)?;
@@ -40,7 +41,9 @@ impl NetConf {
         let plugin_type =
             string_field(&raw, "type")?.ok_or_else(|| Error::config("type: missing"))?;
         if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type.starts_with('.') {
-            return Err(Error::config(format!("type: invalid plugin name {plugin_type:?}")));
+            return Err(Error::config(format!(
+                "type: invalid plugin name {plugin_type:?}"
+            )));
         }
         let ipam_type = match raw.get("ipam") {
             None | Some(Value::Null) => None,
@@ -53,7 +56,9 @@ impl NetConf {
         };
         if let Some(t) = &ipam_type {
             if t.contains('/') || t.starts_with('.') {
-                return Err(Error::config(format!("ipam.type: invalid plugin name {t:?}")));
+                return Err(Error::config(format!(
+                    "ipam.type: invalid plugin name {t:?}"
+                )));
             }
         }
         let prev_result = match raw.get("prevResult") {
@@ -99,7 +104,9 @@ impl NetConf {
                     item.get(f)
                         .and_then(Value::as_str)
                         .map(str::to_string)
-                        .ok_or_else(|| Error::config(format!("{key}[{i}].{f}: missing or not a string")))
+                        .ok_or_else(|| {
+                            Error::config(format!("{key}[{i}].{f}: missing or not a string"))
+                        })
                 };
                 Ok(Attachment {
                     container_id: field("containerID")?,
@@ -153,10 +160,26 @@ mod tests {
         let cases: &[(&[u8], u32, &str)] = &[
             (b"{", 6, "JSON"),
             (br#"{"name":"n","type":"bridge"}"#, 7, "cniVersion"),
-            (br#"{"cniVersion":"0.2.0","name":"n","type":"bridge"}"#, 1, "0.2.0"),
-            (br#"{"cniVersion":"1.0.0","name":"../x","type":"bridge"}"#, 7, "name"),
-            (br#"{"cniVersion":"1.0.0","name":"n","type":"a/b"}"#, 7, "type"),
-            (br#"{"cniVersion":"1.0.0","name":"n","type":"b","ipam":[]}"#, 7, "ipam"),
+            (
+                br#"{"cniVersion":"0.2.0","name":"n","type":"bridge"}"#,
+                1,
+                "0.2.0",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"../x","type":"bridge"}"#,
+                7,
+                "name",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"a/b"}"#,
+                7,
+                "type",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"b","ipam":[]}"#,
+                7,
+                "ipam",
+            ),
         ];
         for (input, code, needle) in cases {
             let err = NetConf::parse(input).unwrap_err();

@@ -23,7 +23,11 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => return Err(Error::env(format!("CNI_COMMAND: unknown command {other:?}"))),
+            other => {
+                return Err(Error::env(format!(
+                    "CNI_COMMAND: unknown command {other:?}"
+                )))
+            }
         })
     }
 
@@ -72,7 +76,12 @@ impl Env {
         let get = |k: &str| var(k).filter(|v| !v.is_empty());
         let mut env = Env {
             path: get("CNI_PATH")
-                .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+                .map(|p| {
+                    p.split(':')
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect()
+                })
                 .unwrap_or_default(),
             ..Env::default()
         };
@@ -124,7 +133,9 @@ fn validate_ifname(name: &str) -> Result<()> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -140,7 +151,9 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>> {
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(Error::env(format!("CNI_ARGS: invalid pair {pair:?} (want KEY=VALUE)"))),
+            _ => Err(Error::env(format!(
+                "CNI_ARGS: invalid pair {pair:?} (want KEY=VALUE)"
+            ))),
         })
         .collect()
 }
@@ -151,8 +164,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(cmd: Command, vars: &[(&str, &str)]) -> Result<Env> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::load(cmd, |k| m.get(k).cloned())
     }
 
@@ -165,7 +180,11 @@ mod tests {
 
     #[test]
     fn del_does_not_need_netns() {
-        let env = load(Command::Del, &[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap();
+        let env = load(
+            Command::Del,
+            &[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+        )
+        .unwrap();
         assert!(env.netns.is_none());
     }
 

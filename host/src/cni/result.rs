@@ -20,7 +20,11 @@ pub fn to_json(r: &CniResult, cni_version: &str) -> Value {
     let mut out = Map::new();
     out.insert("cniVersion".into(), json!(cni_version));
     if !r.interfaces.is_empty() {
-        let list = r.interfaces.iter().map(|i| interface_json(i, v11)).collect();
+        let list = r
+            .interfaces
+            .iter()
+            .map(|i| interface_json(i, v11))
+            .collect();
         out.insert("interfaces".into(), Value::Array(list));
     }
     if !r.ips.is_empty() {
@@ -177,7 +181,8 @@ fn str_list(v: &Value, k: &str, at: &str) -> Result<Vec<String>> {
 
 fn read_interface(v: &Value, at: &str) -> Result<Interface> {
     Ok(Interface {
-        name: opt_str(v, "name", at)?.ok_or_else(|| Error::decode(format!("{at}.name: missing")))?,
+        name: opt_str(v, "name", at)?
+            .ok_or_else(|| Error::decode(format!("{at}.name: missing")))?,
         mac: opt_str(v, "mac", at)?.unwrap_or_default(),
         mtu: opt_u32(v, "mtu", at)?,
         sandbox: opt_str(v, "sandbox", at)?,
@@ -187,8 +192,8 @@ fn read_interface(v: &Value, at: &str) -> Result<Interface> {
 }
 
 fn read_ip(v: &Value, at: &str) -> Result<IpConfig> {
-    let address =
-        opt_str(v, "address", at)?.ok_or_else(|| Error::decode(format!("{at}.address: missing")))?;
+    let address = opt_str(v, "address", at)?
+        .ok_or_else(|| Error::decode(format!("{at}.address: missing")))?;
     Ok(IpConfig {
         address: parse_ip_net(&address, &format!("{at}.address"))?,
         gateway: opt_str(v, "gateway", at)?

@@ -48,7 +48,10 @@ mod tests {
 
     #[test]
     fn keeps_dotted_interface_names_whole() {
-        assert_eq!(path("net.ipv4.ip_forward").to_str(), Some("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            path("net.ipv4.ip_forward").to_str(),
+            Some("/proc/sys/net/ipv4/ip_forward")
+        );
         assert_eq!(
             path("net.ipv4.conf.eth0.100.route_localnet").to_str(),
             Some("/proc/sys/net/ipv4/conf/eth0.100/route_localnet")

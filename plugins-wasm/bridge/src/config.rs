@@ -99,11 +99,16 @@ pub struct Conf {
 
 fn check_mac(mac: &str, what: &str) -> Result<(), CniError> {
     let parts: Vec<_> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
     if ok {
         Ok(())
     } else {
-        Err(Error::config(format!("{what}: invalid MAC address {mac:?}")))
+        Err(Error::config(format!(
+            "{what}: invalid MAC address {mac:?}"
+        )))
     }
 }
 
@@ -130,7 +135,9 @@ impl Conf {
             }
         }
         if raw.vlan_trunk.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(Error::unsupported("vlanTrunk: VLAN trunks are not supported"));
+            return Err(Error::unsupported(
+                "vlanTrunk: VLAN trunks are not supported",
+            ));
         }
         let vlan = match raw.vlan {
             None | Some(0) => None,
@@ -142,9 +149,14 @@ impl Conf {
                 return Err(Error::config(format!("mtu: {mtu} is outside 68-65535")));
             }
         }
-        let bridge = raw.bridge.filter(|b| !b.is_empty()).unwrap_or_else(|| "cni0".into());
+        let bridge = raw
+            .bridge
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "cni0".into());
         if bridge.len() > 15 || bridge.contains(['/', ':', ' ']) {
-            return Err(Error::config(format!("bridge: invalid interface name {bridge:?}")));
+            return Err(Error::config(format!(
+                "bridge: invalid interface name {bridge:?}"
+            )));
         }
         let mut mac = arg(&req.args, "MAC").map(str::to_string);
         if let Some(m) = raw.args.and_then(|a| a.cni).and_then(|c| c.mac) {
@@ -156,12 +168,20 @@ impl Conf {
         if let Some(m) = &mac {
             check_mac(m, "mac")?;
         }
-        let dns = raw.dns.filter(|d| !d.nameservers.is_empty() || d.domain.is_some() || !d.search.is_empty() || !d.options.is_empty()).map(|d| Dns {
-            nameservers: d.nameservers,
-            domain: d.domain,
-            search: d.search,
-            options: d.options,
-        });
+        let dns = raw
+            .dns
+            .filter(|d| {
+                !d.nameservers.is_empty()
+                    || d.domain.is_some()
+                    || !d.search.is_empty()
+                    || !d.options.is_empty()
+            })
+            .map(|d| Dns {
+                nameservers: d.nameservers,
+                domain: d.domain,
+                search: d.search,
+                options: d.options,
+            });
         Ok(Conf {
             bridge,
             is_gateway: raw.is_gateway || raw.is_default_gateway,

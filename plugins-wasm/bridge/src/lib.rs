@@ -176,7 +176,13 @@ impl Plugin for Bridge {
             result.routes = allocated.routes;
             result.dns = allocated.dns;
             complete(&conf, &mut result);
-            iface::configure(&container, &req.ifname, CONTAINER_IF, &result, conf.enable_dad)?;
+            iface::configure(
+                &container,
+                &req.ifname,
+                CONTAINER_IF,
+                &result,
+                conf.enable_dad,
+            )?;
             if conf.is_gateway {
                 setup_gateway(&conf, &host, &result)?;
             }
@@ -220,9 +226,14 @@ impl Plugin for Bridge {
         let bridge = link::get(&host, &conf.bridge)?
             .filter(|b| b.kind == "bridge")
             .ok_or_else(|| Error::plugin(format!("bridge {} is missing", conf.bridge)))?;
-        let cif = link::get(&container, &req.ifname)?
-            .ok_or_else(|| Error::plugin(format!("container interface {} is missing", req.ifname)))?;
-        if let Some(want) = prev.interfaces.iter().find(|i| i.name == req.ifname && i.sandbox.is_some()) {
+        let cif = link::get(&container, &req.ifname)?.ok_or_else(|| {
+            Error::plugin(format!("container interface {} is missing", req.ifname))
+        })?;
+        if let Some(want) = prev
+            .interfaces
+            .iter()
+            .find(|i| i.name == req.ifname && i.sandbox.is_some())
+        {
             if !want.mac.is_empty() && !want.mac.eq_ignore_ascii_case(&cif.mac) {
                 return Err(Error::plugin(format!(
                     "container interface {} has MAC {}, the result says {}",
@@ -239,7 +250,11 @@ impl Plugin for Bridge {
             )));
         }
         let have = addr::list(&container, &req.ifname)?;
-        for ip in prev.ips.iter().filter(|ip| ip.interface.is_none_or(|i| i == CONTAINER_IF)) {
+        for ip in prev
+            .ips
+            .iter()
+            .filter(|ip| ip.interface.is_none_or(|i| i == CONTAINER_IF))
+        {
             if !have.contains(&ip.address) {
                 return Err(Error::plugin(format!(
                     "container interface {} lacks address {}",
@@ -261,7 +276,11 @@ impl Plugin for Bridge {
 
     fn status(req: NetworkRequest) -> Result<(), CniError> {
         let conf: serde_json::Value = wasm_cni_sdk::parse_config(&req.config)?;
-        if conf.pointer("/ipam/type").and_then(|t| t.as_str()).is_some_and(|t| !t.is_empty()) {
+        if conf
+            .pointer("/ipam/type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| !t.is_empty())
+        {
             ipam::status()?;
         }
         Ok(())
@@ -269,7 +288,11 @@ impl Plugin for Bridge {
 
     fn gc(req: NetworkRequest) -> Result<(), CniError> {
         let conf: serde_json::Value = wasm_cni_sdk::parse_config(&req.config)?;
-        if conf.pointer("/ipam/type").and_then(|t| t.as_str()).is_some_and(|t| !t.is_empty()) {
+        if conf
+            .pointer("/ipam/type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| !t.is_empty())
+        {
             ipam::gc()?;
         }
         Ok(())

@@ -9,7 +9,8 @@ use crate::{CniError, Error};
 /// (the CNI spec requires passing them through); a key with the wrong type is
 /// a code-7 error naming the key.
 pub fn parse_config<T: DeserializeOwned>(config: &str) -> Result<T, CniError> {
-    serde_json::from_str(config).map_err(|e| Error::config(format!("invalid network configuration: {e}")))
+    serde_json::from_str(config)
+        .map_err(|e| Error::config(format!("invalid network configuration: {e}")))
 }
 
 /// The value of a `CNI_ARGS` key.

@@ -48,7 +48,8 @@ pub fn configure(
             table: r.table,
             scope: r.scope,
         };
-        route::add(ns, &spec).map_err(|e| Error::context(e, format!("add route {} on {ifname}", r.dst)))?;
+        route::add(ns, &spec)
+            .map_err(|e| Error::context(e, format!("add route {} on {ifname}", r.dst)))?;
     }
     Ok(())
 }

@@ -74,7 +74,11 @@ pub fn parse_ip_net(s: &str, what: &str) -> Result<IpNet, CniError> {
         None => max,
         Some(l) => match l.parse::<u8>() {
             Ok(n) if n <= max => n,
-            _ => return Err(Error::config(format!("{what}: invalid prefix length in {s:?}"))),
+            _ => {
+                return Err(Error::config(format!(
+                    "{what}: invalid prefix length in {s:?}"
+                )))
+            }
         },
     };
     Ok(IpNet {

@@ -48,7 +48,12 @@ async fn dump(h: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
 
 pub async fn add(h: &Handle, link: &str, addr: &IpNet) -> Result<()> {
     let index = index(h, link).await?;
-    match h.address().add(index, addr.ip(), addr.prefix_len).execute().await {
+    match h
+        .address()
+        .add(index, addr.ip(), addr.prefix_len)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
         Err(e) => Err(nl_err(format!("add address {addr} to {link}"), e)),

@@ -25,7 +25,10 @@ pub fn format_mac(bytes: &[u8]) -> String {
 }
 
 pub fn parse_mac(s: &str) -> Result<Vec<u8>> {
-    let bytes: Option<Vec<u8>> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
     match bytes {
         Some(b) if b.len() == 6 => Ok(b),
         _ => Err(Error::config(format!("mac: invalid MAC address {s:?}"))),
@@ -69,7 +72,14 @@ fn peer_index(msg: &LinkMessage) -> Option<u32> {
 }
 
 async fn get_msg(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(m) => Ok(m),
         Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
         Err(e) => Err(nl_err(format!("look up link {name}"), e)),
@@ -95,7 +105,11 @@ async fn index_of(h: &Handle, name: &str) -> Result<u32> {
         .ok_or_else(|| Error::io(format!("link {name} not found")))
 }
 
-pub async fn ensure_bridge(h: &Handle, name: &str, opts: &BridgeOptions) -> Result<(LinkInfo, bool)> {
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    opts: &BridgeOptions,
+) -> Result<(LinkInfo, bool)> {
     let mut created = false;
     if get_msg(h, name).await?.is_none() {
         let mut b = LinkBridge::new(name).up().promiscuous(opts.promisc);
@@ -172,7 +186,9 @@ pub async fn create_veth(
             } else {
                 format!("host interface {host_name}")
             };
-            return Err(Error::io(format!("create veth pair: {which} already exists")));
+            return Err(Error::io(format!(
+                "create veth pair: {which} already exists"
+            )));
         }
         Err(e) => return Err(nl_err(format!("create veth pair {host_name}/{ifname}"), e)),
     }
@@ -180,7 +196,9 @@ pub async fn create_veth(
     let container_link = get(container, ifname).await?;
     match (host_link, container_link) {
         (Some(host), Some(container)) => Ok(VethPair { host, container }),
-        _ => Err(Error::io(format!("veth pair {host_name}/{ifname} vanished after creation"))),
+        _ => Err(Error::io(format!(
+            "veth pair {host_name}/{ifname} vanished after creation"
+        ))),
     }
 }
 
@@ -198,11 +216,12 @@ pub async fn peer(here: &Handle, there: &Handle, name: &str) -> Result<Option<Li
 pub async fn set_up(h: &Handle, name: &str, up: bool) -> Result<()> {
     let b = LinkUnspec::new_with_name(name);
     let msg = if up { b.up() } else { b.down() }.build();
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("set link {name} {}", if up { "up" } else { "down" }), e))
+    h.link().set(msg).execute().await.map_err(|e| {
+        nl_err(
+            format!("set link {name} {}", if up { "up" } else { "down" }),
+            e,
+        )
+    })
 }
 
 pub async fn set_master(h: &Handle, name: &str, bridge: &str) -> Result<()> {

@@ -77,7 +77,10 @@ impl NetlinkKernel {
                 .as_ref()
                 .ok_or_else(|| Error::env("CNI_NETNS: not given"))?;
             let file = File::open(path).map_err(|e| {
-                Error::io(format!("CNI_NETNS: open network namespace {}: {e}", path.display()))
+                Error::io(format!(
+                    "CNI_NETNS: open network namespace {}: {e}",
+                    path.display()
+                ))
             })?;
             let _guard = self.rt.enter();
             let handle = netns::within(&file, connect)??;

@@ -61,7 +61,10 @@ pub async fn add(h: &Handle, r: &RouteSpec) -> Result<()> {
     match h.route().add(message(r, oif)?).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-        Err(e) => Err(nl_err(format!("add route {} via {:?} dev {}", r.dst, r.gw, r.dev), e)),
+        Err(e) => Err(nl_err(
+            format!("add route {} via {:?} dev {}", r.dst, r.gw, r.dev),
+            e,
+        )),
     }
 }
 
