@@ -20,6 +20,8 @@ pub mod code {
     /// A plugin asked for something outside its grant, trapped or ran out of
     /// time or memory.
     pub const PLUGIN_FAULT: u32 = 100;
+    /// The interface (or other object) an ADD would create already exists.
+    pub const ALREADY_EXISTS: u32 = 101;
     pub const INTERNAL: u32 = 999;
 }
 

@@ -5,7 +5,7 @@ use wasmtime::component::Resource;
 use super::netns::Namespace;
 use crate::bindings::cni::plugin::link::{BridgeOptions, Host, LinkInfo, VethOptions, VethPair};
 use crate::bindings::CniError;
-use crate::error::Error;
+use crate::error::{code, Error};
 use crate::kernel::Ns;
 use crate::state::{HostState, Undo};
 
@@ -52,6 +52,20 @@ impl Host for HostState {
         }
         let host_name = host_veth_name(&self.inv.env.container_id, &opts.container_ifname);
         let kernel = self.kernel()?;
+        // The spec: an ADD for an interface that already exists fails, and
+        // the existing interface stays as it is.
+        if kernel.link_get(Ns::Container, &opts.container_ifname)?.is_some() {
+            return Err(Error::new(
+                code::ALREADY_EXISTS,
+                format!(
+                    "CNI_IFNAME: interface {} already exists in the container",
+                    opts.container_ifname
+                ),
+            )
+            .into());
+        }
+        // A host end without its container end is left from a crashed ADD of
+        // this same attachment (the name derives from it): replace it.
         if kernel.link_get(Ns::Host, &host_name)?.is_some() {
             tracing::warn!(link = %host_name, "replacing a stale host veth of this attachment");
             kernel.link_delete(Ns::Host, &host_name)?;
