@@ -32,11 +32,14 @@ macro_rules! require_root {
     };
 }
 
-/// The plugin directory built by `cargo xtask install` (`target/dist`).
+/// The plugin directory built by `cargo xtask install` (`target/dist`), or
+/// `WASM_CNI_DIST` (relative to the workspace root when relative).
 pub fn dist() -> PathBuf {
-    std::env::var_os("WASM_CNI_DIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dist"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match std::env::var_os("WASM_CNI_DIST") {
+        Some(d) => root.join(d),
+        None => root.join("target/dist"),
+    }
 }
 
 /// The reference plugins from Debian's containernetworking-plugins.
@@ -47,7 +50,11 @@ pub fn reference_dir() -> Option<PathBuf> {
 
 /// Runs a shell command, panicking with its output when it fails.
 pub fn sh(script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{script}` failed: {}{}",
@@ -69,7 +76,9 @@ impl Netns {
     pub fn new(tag: &str) -> Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("wc-{tag}-{}-{n}", std::process::id());
-        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
         Netns { name }
     }
 
@@ -83,7 +92,11 @@ impl Netns {
 
     /// Runs `script` with `sh -c` inside the namespace.
     pub fn sh(&self, script: &str) -> String {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.name, script.replace('\'', "'\\''")))
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            script.replace('\'', "'\\''")
+        ))
     }
 
     /// Runs `script` inside the namespace; true when it exits 0.
@@ -105,7 +118,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -153,7 +168,13 @@ impl Driver {
     }
 
     /// Execs plugin `ty` with `command`; Ok(stdout JSON or Null) or the error.
-    pub fn exec(&self, ty: &str, command: &str, att: Option<&Attachment>, conf: &Value) -> Result<Value, CniError> {
+    pub fn exec(
+        &self,
+        ty: &str,
+        command: &str,
+        att: Option<&Attachment>,
+        conf: &Value,
+    ) -> Result<Value, CniError> {
         let node = File::open(&self.node).expect("open node netns");
         let mut cmd = Command::new(self.dir.join(ty));
         cmd.env_clear()
@@ -164,10 +185,15 @@ impl Driver {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(a) = att {
-            cmd.env("CNI_CONTAINERID", &a.id).env("CNI_IFNAME", &a.ifname).env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", a.id),
-            );
+            cmd.env("CNI_CONTAINERID", &a.id)
+                .env("CNI_IFNAME", &a.ifname)
+                .env(
+                    "CNI_ARGS",
+                    format!(
+                        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+                        a.id
+                    ),
+                );
             if let Some(ns) = &a.netns {
                 cmd.env("CNI_NETNS", ns);
             }
@@ -195,7 +221,10 @@ impl Driver {
             Value::Null
         } else {
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                panic!("{ty} {command}: stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+                panic!(
+                    "{ty} {command}: stdout is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
             })
         };
         if out.status.success() {
@@ -253,7 +282,13 @@ impl Driver {
     }
 
     /// CHECK through the whole list with the cached result.
-    pub fn check(&self, list: &Value, att: &Attachment, caps: &Value, result: &Value) -> Result<(), CniError> {
+    pub fn check(
+        &self,
+        list: &Value,
+        att: &Attachment,
+        caps: &Value,
+        result: &Value,
+    ) -> Result<(), CniError> {
         for i in 0..Self::plugins(list) {
             let conf = Self::plugin_conf(list, i, Some(result), caps);
             let ty = conf["type"].as_str().expect("type").to_string();
@@ -263,7 +298,13 @@ impl Driver {
     }
 
     /// DEL in reverse order, with the cached result when there is one.
-    pub fn del(&self, list: &Value, att: &Attachment, caps: &Value, result: Option<&Value>) -> Result<(), CniError> {
+    pub fn del(
+        &self,
+        list: &Value,
+        att: &Attachment,
+        caps: &Value,
+        result: Option<&Value>,
+    ) -> Result<(), CniError> {
         for i in (0..Self::plugins(list)).rev() {
             let conf = Self::plugin_conf(list, i, result, caps);
             let ty = conf["type"].as_str().expect("type").to_string();
@@ -292,7 +333,11 @@ impl Driver {
 pub fn result_ips(result: &Value) -> Vec<String> {
     result["ips"]
         .as_array()
-        .map(|ips| ips.iter().filter_map(|ip| ip["address"].as_str().map(str::to_string)).collect())
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -304,7 +349,11 @@ pub fn addr_only(cidr: &str) -> &str {
 /// Files in a directory, sorted (empty when it does not exist).
 pub fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v

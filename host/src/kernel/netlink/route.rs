@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use nix::libc::{EEXIST, ESRCH};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteScope,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -24,10 +24,13 @@ async fn index(h: &Handle, dev: &str) -> Result<u32> {
 
 fn message(r: &RouteSpec, oif: u32) -> Result<RouteMessage> {
     let bad = |e| Error::config(format!("route {}: {e}", r.dst));
+    // Routes a plugin adds are configuration, as with the reference plugins:
+    // protocol "boot" (`ip route` prints none).
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.ip(), r.dst.prefix_len)
         .map_err(bad)?
-        .output_interface(oif);
+        .output_interface(oif)
+        .protocol(RouteProtocol::Boot);
     if let Some(gw) = r.gw {
         b = b.gateway(gw.into()).map_err(bad)?;
     }
@@ -72,7 +75,10 @@ pub async fn del(h: &Handle, r: &RouteSpec) -> Result<()> {
     let Some(link) = get(h, &r.dev).await? else {
         return Ok(());
     };
-    match h.route().del(message(r, link.index)?).execute().await {
+    // Match the route whichever protocol installed it.
+    let mut msg = message(r, link.index)?;
+    msg.header.protocol = RouteProtocol::Unspec;
+    match h.route().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
         Err(e) => Err(nl_err(format!("delete route {} dev {}", r.dst, r.dev), e)),
