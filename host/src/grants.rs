@@ -1,7 +1,8 @@
 //! What one invocation may touch, decided before the plugin is instantiated.
 //!
 //! Deny by default. A network plugin may touch, in the node namespace, the
-//! bridge named by the configuration's `bridge` key (default `cni0`), the
+//! bridge named by the configuration's `bridge` key (for the `bridge` plugin
+//! itself, `cni0` when the key is absent), the
 //! links it creates and the host end of its own container interface; in the
 //! container namespace, `CNI_IFNAME` and `lo`. It may delegate to the IPAM
 //! plugin named by `ipam.type`. An IPAM plugin may use the reservation store
@@ -56,10 +57,14 @@ pub struct Grants {
 
 impl Grants {
     pub fn network(conf: &NetConf, env: &Env) -> Self {
-        let bridge = conf.str_key("bridge").unwrap_or(DEFAULT_BRIDGE);
+        // The bridge named by `bridge`; `cni0` only for the bridge plugin,
+        // whose default it is.
+        let bridge = conf
+            .str_key("bridge")
+            .or((conf.plugin_type == "bridge").then_some(DEFAULT_BRIDGE));
         Grants {
             role: Role::Network,
-            host_links: HashSet::from([bridge.to_string()]),
+            host_links: bridge.into_iter().map(str::to_string).collect(),
             container_links: HashSet::from([env.ifname.clone(), "lo".to_string()]),
             ifname: env.ifname.clone(),
             ipam: conf.ipam_type.clone(),
@@ -168,6 +173,8 @@ mod tests {
         assert!(g.check_link(Ns::Container, "eth1").is_err());
         let g = grants(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#);
         assert!(g.check_link(Ns::Host, "cni0").is_ok());
+        let g = grants(r#"{"cniVersion":"1.0.0","name":"n","type":"mine"}"#);
+        assert!(g.check_link(Ns::Host, "cni0").is_err());
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Runtime {
         type Me = wasmtime::component::HasSelf<HostState>;
         let mut l = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut l)?;
+        forbid_blocking(&mut l)?;
         cap::types::add_to_linker::<_, Me>(&mut l, |s| s)?;
         cap::log::add_to_linker::<_, Me>(&mut l, |s| s)?;
         match role {
@@ -118,6 +119,7 @@ impl Runtime {
     pub(crate) fn limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
+            .trap_on_grow_failure(true)
             .build()
     }
 
@@ -244,10 +246,12 @@ impl Runtime {
                 command,
                 ..(**inv).clone()
             });
-            let grants = match self.role(&component) {
+            let mut grants = match self.role(&component) {
                 Role::Ipam => Grants::ipam(&inv.conf, &inv.env)?,
                 Role::Network => Grants::network(&inv.conf, &inv.env),
             };
+            // A delegate may not delegate again (no loops through ipam.type).
+            grants.ipam = None;
             let role = grants.role;
             self.call(name, &component, role, grants, None, &inv).0
         } else {
@@ -286,7 +290,12 @@ impl Runtime {
             Role::Network => &self.network,
             Role::Ipam => &self.ipam,
         };
-        let out = self.instantiate_and_call(name, component, linker, &mut store, inv);
+        let out = self
+            .instantiate_and_call(name, component, linker, &mut store, inv)
+            .map_err(|e| match e {
+                Fault::Cni(e) => e,
+                Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
+            });
         (out, store.into_data())
     }
 
@@ -297,8 +306,8 @@ impl Runtime {
         linker: &Linker<HostState>,
         store: &mut Store<HostState>,
         inv: &Invocation,
-    ) -> Result<Option<CniResult>> {
-        let trap = |e: wasmtime::Error| self.trap(name, e);
+    ) -> Result<Option<CniResult>, Fault> {
+        let trap = Fault::Trap;
         let plugin = AnyPlugin::instantiate(&mut *store, component, linker).map_err(|e| {
             Error::new(
                 code::PLUGIN_FAULT,
@@ -331,7 +340,7 @@ impl Runtime {
                     cni_version: inv.conf.cni_version.clone(),
                     config: inv.conf.to_json(),
                     valid_attachments: match inv.command {
-                        Command::Gc => inv.conf.valid_attachments()?,
+                        Command::Gc => inv.conf.valid_attachments().map_err(Fault::Cni)?,
                         _ => Vec::new(),
                     },
                 };
@@ -343,21 +352,40 @@ impl Runtime {
                         .map(|()| None),
                 }
             }
-            Command::Version => return Err(Error::internal("VERSION is answered by the host")),
+            Command::Version => {
+                return Err(Fault::Cni(Error::internal(
+                    "VERSION is answered by the host",
+                )))
+            }
         };
-        out.map_err(Error::from)
+        out.map_err(|e| Fault::Cni(e.into()))
     }
 
-    /// A trap as a CNI error that says what stopped the plugin.
-    fn trap(&self, name: &str, e: wasmtime::Error) -> Error {
-        let why = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!(
+    /// A trap as a CNI error that says what stopped the plugin, with the
+    /// plugin's own stderr (its panic message) as details.
+    fn trap(&self, name: &str, e: wasmtime::Error, stderr: String) -> Error {
+        let text = format!("{e:#}");
+        let why = if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            format!(
                 "ran longer than its time limit of {} ms and was stopped",
                 self.limits.timeout.as_millis()
-            ),
-            _ => format!("trapped: {e:#}"),
+            )
+        } else if text.contains("forcing trap when growing memory") {
+            format!(
+                "exceeded its memory limit of {} MiB and was stopped",
+                self.limits.memory_bytes >> 20
+            )
+        } else if text.contains(BLOCKING_DENIED) {
+            BLOCKING_DENIED.to_string()
+        } else {
+            // The first line; the rest is a wasm backtrace.
+            let first = e
+                .downcast_ref::<Trap>()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| text.lines().next().unwrap_or_default().to_string());
+            format!("trapped: {first}")
         };
-        Error::new(code::PLUGIN_FAULT, format!("plugin {name} {why}"))
+        Error::new(code::PLUGIN_FAULT, format!("plugin {name} {why}")).with_details(stderr.trim())
     }
 
     /// Undoes what a failed ADD created, newest first, continuing past
@@ -387,6 +415,42 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Why a call ended without a result.
+enum Fault {
+    /// The plugin returned a CNI error, or the host refused to run it.
+    Cni(Error),
+    /// The plugin trapped or was stopped.
+    Trap(wasmtime::Error),
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Self {
+        Fault::Cni(e)
+    }
+}
+
+const BLOCKING_DENIED: &str =
+    "tried to block (sleep or poll), which plugins may not do, and was stopped";
+
+/// Plugins may not block: a blocking WASI call would wait outside the time
+/// limit, which only runs while wasm code runs. Sleeping and polling trap.
+fn forbid_blocking(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.allow_shadowing(true);
+    let deny = |_: wasmtime::StoreContextMut<'_, HostState>,
+                _: wasmtime::component::types::ComponentFunc,
+                _: &[wasmtime::component::Val],
+                _: &mut [wasmtime::component::Val]|
+     -> wasmtime::Result<()> { Err(wasmtime::Error::msg(BLOCKING_DENIED)) };
+    let mut poll = l.instance("wasi:io/poll@0.2.12")?;
+    poll.func_new("poll", deny)?;
+    poll.func_new("[method]pollable.block", deny)?;
+    let mut clock = l.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_new("subscribe-duration", deny)?;
+    clock.func_new("subscribe-instant", deny)?;
+    l.allow_shadowing(false);
+    Ok(())
 }
 
 fn request(inv: &Invocation, has_netns: bool) -> Request {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::cni::{Command, Env, NetConf};
@@ -39,8 +40,12 @@ pub struct HostState {
     pub(crate) undo: Vec<Undo>,
     pub(crate) limits: StoreLimits,
     wasi: WasiCtx,
+    stderr: MemoryOutputPipe,
     table: ResourceTable,
 }
+
+/// How much of a plugin's stderr is kept.
+const STDERR_BYTES: usize = 16 << 10;
 
 impl HostState {
     pub(crate) fn new(
@@ -51,6 +56,7 @@ impl HostState {
         kernel: Option<Box<dyn Kernel + Send>>,
     ) -> Self {
         let store = grants.store.clone().map(DiskStore::new);
+        let stderr = MemoryOutputPipe::new(STDERR_BYTES);
         HostState {
             limits: runtime.limits(),
             runtime,
@@ -61,7 +67,9 @@ impl HostState {
             store,
             undo: Vec::new(),
             // Nothing granted: no preopens, no sockets, no environment.
-            wasi: WasiCtx::builder().build(),
+            // Stderr is kept to report a plugin's panic message.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
         }
     }
@@ -74,6 +82,11 @@ impl HostState {
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
+    }
+
+    /// What the plugin wrote to stderr.
+    pub(crate) fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {

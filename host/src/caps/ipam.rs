@@ -9,6 +9,11 @@ use crate::state::{HostState, Undo};
 impl HostState {
     fn delegate(&mut self, command: Command) -> Result<Option<CniResult>> {
         let Some(ipam) = self.grants.ipam.clone() else {
+            if self.inv.conf.ipam_type.is_some() {
+                return Err(Error::denied(
+                    "a delegated IPAM plugin may not delegate again",
+                ));
+            }
             return Err(Error::config(
                 "ipam.type: this network configures no IPAM plugin",
             ));

@@ -54,7 +54,10 @@ impl Host for HostState {
         let kernel = self.kernel()?;
         // The spec: an ADD for an interface that already exists fails, and
         // the existing interface stays as it is.
-        if kernel.link_get(Ns::Container, &opts.container_ifname)?.is_some() {
+        if kernel
+            .link_get(Ns::Container, &opts.container_ifname)?
+            .is_some()
+        {
             return Err(Error::new(
                 code::ALREADY_EXISTS,
                 format!(
