@@ -41,8 +41,17 @@ fn cargo() -> Command {
 fn guest_workspaces() -> Vec<PathBuf> {
     vec![
         root().join("plugins-wasm"),
-        root().join("examples/hello-tuning"),
+        root().join("examples/route-override"),
     ]
+}
+
+/// Test-only components (never installed): the misbehaving plugin the host's
+/// sandbox tests load from its own target directory.
+fn fixtures() -> Result {
+    let ws = root().join("tests/fixtures/misbehave");
+    run(cargo()
+        .current_dir(&ws)
+        .args(["build", "--release", "--target", GUEST_TARGET]))
 }
 
 fn build_guests() -> Result<Vec<(String, PathBuf)>> {
@@ -120,6 +129,7 @@ fn dist() -> PathBuf {
 
 fn test() -> Result {
     install(&dist())?;
+    fixtures()?;
     for ws in guest_workspaces() {
         if ws.join("Cargo.toml").is_file() {
             run(cargo().current_dir(&ws).arg("test"))?;
@@ -128,7 +138,7 @@ fn test() -> Result {
     run(cargo()
         .current_dir(root())
         .env("WASM_CNI_DIST", dist())
-        .args(["test", "--workspace", "--", "--test-threads=4"]))
+        .args(["test", "--release", "--workspace", "--", "--test-threads=4"]))
 }
 
 fn demo() -> Result {
@@ -136,7 +146,14 @@ fn demo() -> Result {
     run(cargo()
         .current_dir(root())
         .env("WASM_CNI_DIST", dist())
-        .args(["run", "--quiet", "-p", "wasm-cni-tests", "--example", "demo"]))
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "wasm-cni-tests",
+            "--example",
+            "demo",
+        ]))
 }
 
 fn lint() -> Result {
