@@ -9,7 +9,7 @@
 //!   lint             rustfmt and clippy on the host and guest workspaces
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -47,8 +47,13 @@ fn guest_workspaces() -> Vec<PathBuf> {
 
 /// Test-only components (never installed): the misbehaving plugin the host's
 /// sandbox tests load from its own target directory.
+/// Test-only components (never installed).
+fn fixture_workspace() -> PathBuf {
+    root().join("tests/fixtures/misbehave")
+}
+
 fn fixtures() -> Result {
-    let ws = root().join("tests/fixtures/misbehave");
+    let ws = fixture_workspace();
     run(cargo()
         .current_dir(&ws)
         .args(["build", "--release", "--target", GUEST_TARGET]))
@@ -127,18 +132,64 @@ fn dist() -> PathBuf {
     root().join("target/dist")
 }
 
+/// Runs `cargo test` in `dir`, echoing its output, and adds up its
+/// `test result:` lines.
+fn cargo_test(dir: &Path, args: &[&str], env: &[(&str, &Path)], tally: &mut (u64, u64)) -> Result {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = cargo();
+    cmd.current_dir(dir)
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word))
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                tally.0 += count("passed");
+                tally.1 += count("failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
+}
+
 fn test() -> Result {
     install(&dist())?;
     fixtures()?;
+    let mut tally = (0, 0);
+    let mut res = Ok(());
     for ws in guest_workspaces() {
-        if ws.join("Cargo.toml").is_file() {
-            run(cargo().current_dir(&ws).arg("test"))?;
+        if ws.join("Cargo.toml").is_file() && res.is_ok() {
+            res = cargo_test(&ws, &[], &[], &mut tally);
         }
     }
-    run(cargo()
-        .current_dir(root())
-        .env("WASM_CNI_DIST", dist())
-        .args(["test", "--release", "--workspace", "--", "--test-threads=4"]))
+    if res.is_ok() {
+        let dist = dist();
+        res = cargo_test(
+            &root(),
+            &["--release", "--workspace", "--", "--test-threads=4"],
+            &[("WASM_CNI_DIST", &dist)],
+            &mut tally,
+        );
+    }
+    println!("tests: {} passed, {} failed", tally.0, tally.1);
+    res
 }
 
 fn demo() -> Result {
@@ -168,7 +219,7 @@ fn lint() -> Result {
         "-D",
         "warnings",
     ]))?;
-    for ws in guest_workspaces() {
+    for ws in guest_workspaces().into_iter().chain([fixture_workspace()]) {
         if ws.join("Cargo.toml").is_file() {
             run(cargo().current_dir(&ws).args(["fmt", "--all", "--check"]))?;
             run(cargo().current_dir(&ws).args([
