@@ -9,6 +9,7 @@
 //! of this network only, and nothing else.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cni::{Env, NetConf};
@@ -53,6 +54,9 @@ pub struct Grants {
     pub ipam: Option<String>,
     /// The store directory of an IPAM invocation: `<dataDir>/<network>`.
     pub store: Option<PathBuf>,
+    /// The pod's addresses (prevResult, then IPAM results): the only ones a
+    /// plugin may masquerade or forward host ports to.
+    pod_ips: HashSet<IpAddr>,
 }
 
 impl Grants {
@@ -62,14 +66,36 @@ impl Grants {
         let bridge = conf
             .str_key("bridge")
             .or((conf.plugin_type == "bridge").then_some(DEFAULT_BRIDGE));
+        let mut host_links: HashSet<String> = bridge.into_iter().map(str::to_string).collect();
+        let mut pod_ips = HashSet::new();
+        if let Some(prev) = &conf.prev_result {
+            // The node-side interfaces of this attachment (bridge, host veth).
+            host_links.extend(
+                prev.interfaces
+                    .iter()
+                    .filter(|i| i.sandbox.is_none())
+                    .map(|i| i.name.clone()),
+            );
+            pod_ips.extend(prev.ips.iter().map(|ip| ip.address.ip()));
+        }
         Grants {
             role: Role::Network,
-            host_links: bridge.into_iter().map(str::to_string).collect(),
+            host_links,
             container_links: HashSet::from([env.ifname.clone(), "lo".to_string()]),
             ifname: env.ifname.clone(),
             ipam: conf.ipam_type.clone(),
             store: None,
+            pod_ips,
         }
+    }
+
+    /// Grants the addresses an IPAM plugin allocated for this attachment.
+    pub fn allow_pod_ips(&mut self, ips: impl IntoIterator<Item = IpAddr>) {
+        self.pod_ips.extend(ips);
+    }
+
+    pub fn is_pod_ip(&self, ip: IpAddr) -> bool {
+        self.role == Role::Network && self.pod_ips.contains(&ip)
     }
 
     pub fn ipam(conf: &NetConf, env: &Env) -> Result<Self> {
@@ -98,6 +124,7 @@ impl Grants {
             ipam: None,
             // The network name is validated path-safe by NetConf::parse.
             store: Some(data_dir.join(&conf.name)),
+            pod_ips: HashSet::new(),
         })
     }
 

@@ -8,6 +8,7 @@
 //! - [`cni`]: the exec contract (environment, configuration, result layouts)
 //! - [`runtime`]: wasmtime embedding, loading, limits, undo
 //! - [`grants`]: what one invocation may touch
+//! - [`firewall`]: masquerade and host-port rules (nftables, iptables)
 //! - [`caps`]: one module per WIT capability
 //! - [`kernel`]: the kernel operations, real (rtnetlink) or mocked
 //! - [`store`]: host-local's on-disk reservation store
@@ -18,6 +19,7 @@ pub mod caps;
 pub mod cni;
 pub mod delegate;
 pub mod error;
+pub mod firewall;
 pub mod grants;
 pub mod kernel;
 pub mod runtime;

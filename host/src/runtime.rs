@@ -111,6 +111,7 @@ impl Runtime {
                 cap::route::add_to_linker::<_, Me>(&mut l, |s| s)?;
                 cap::sysctl::add_to_linker::<_, Me>(&mut l, |s| s)?;
                 cap::ipam::add_to_linker::<_, Me>(&mut l, |s| s)?;
+                cap::firewall::add_to_linker::<_, Me>(&mut l, |s| s)?;
             }
         }
         Ok(l)
@@ -398,6 +399,13 @@ impl Runtime {
                     Some(k) => k.link_delete(*ns, link),
                     None => Ok(()),
                 },
+                Undo::Firewall(kind) => {
+                    let owner = state.owner();
+                    match state.kernel.as_deref_mut() {
+                        Some(k) => k.fw_remove(&owner, *kind),
+                        None => Ok(()),
+                    }
+                }
                 Undo::IpamDel => match state.grants.ipam.clone() {
                     Some(ipam) => {
                         let inv = Arc::new(Invocation {

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::cni::{Command, Env, NetConf};
 use crate::error::{Error, Result};
+use crate::firewall::{Owner, RuleKind};
 use crate::grants::Grants;
 use crate::kernel::{Kernel, Ns};
 use crate::runtime::Runtime;
@@ -28,6 +29,8 @@ pub struct Invocation {
 pub enum Undo {
     DeleteLink(Ns, String),
     IpamDel,
+    /// Remove this attachment's firewall rules of one kind.
+    Firewall(RuleKind),
 }
 
 pub struct HostState {
@@ -82,6 +85,15 @@ impl HostState {
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
+    }
+
+    /// The attachment this invocation acts for.
+    pub(crate) fn owner(&self) -> Owner {
+        Owner {
+            network: self.inv.conf.name.clone(),
+            container_id: self.inv.env.container_id.clone(),
+            ifname: self.inv.env.ifname.clone(),
+        }
     }
 
     /// What the plugin wrote to stderr.

@@ -9,6 +9,9 @@ use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, V
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
+use crate::firewall::{
+    protocol_name, Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
+};
 use crate::kernel::{Kernel, Ns};
 
 #[derive(Debug, Default)]
@@ -22,6 +25,9 @@ pub struct MockState {
     /// Host-side peer of each container interface and back.
     pub peers: BTreeMap<(Ns, String), String>,
     pub has_container: bool,
+    /// Firewall rules by owner tag.
+    pub masquerade: BTreeMap<String, Vec<Masquerade>>,
+    pub port_mappings: BTreeMap<String, Vec<PortMapping>>,
     /// Calls whose text starts with this fail with an I/O error.
     pub fail_on: Option<String>,
     next_index: u32,
@@ -317,6 +323,97 @@ impl Kernel for MockKernel {
         let mut s = self.state();
         s.record(format!("sysctl.set {ns} {key}={value}"))?;
         s.sysctls.insert((ns, key.to_string()), value.to_string());
+        Ok(())
+    }
+
+    fn fw_add_masquerade(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        rules: &[Masquerade],
+    ) -> Result<()> {
+        let mut s = self.state();
+        let list: Vec<String> = rules.iter().map(|r| r.source.to_string()).collect();
+        s.record(format!(
+            "firewall.add-masquerade {choice:?} {}",
+            list.join(" ")
+        ))?;
+        s.masquerade
+            .entry(owner.tag())
+            .or_default()
+            .extend(rules.iter().cloned());
+        Ok(())
+    }
+
+    fn fw_add_port_mappings(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        maps: &[PortMapping],
+        opts: &PortOptions,
+    ) -> Result<()> {
+        let mut s = self.state();
+        let list: Vec<String> = maps
+            .iter()
+            .map(|m| {
+                let host = m.host_ip.map(|h| h.to_string()).unwrap_or_default();
+                format!(
+                    "{host}:{}/{}->{}:{}",
+                    m.host_port,
+                    protocol_name(m.protocol),
+                    m.container_ip,
+                    m.container_port
+                )
+            })
+            .collect();
+        s.record(format!(
+            "firewall.add-port-mappings {choice:?} {} snat={} masq-all={}",
+            list.join(" "),
+            opts.snat,
+            opts.masq_all
+        ))?;
+        s.port_mappings
+            .entry(owner.tag())
+            .or_default()
+            .extend(maps.iter().cloned());
+        Ok(())
+    }
+
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+        let mut s = self.state();
+        s.record(format!("firewall.remove {kind:?}"))?;
+        match kind {
+            RuleKind::Masquerade => s.masquerade.remove(&owner.tag()),
+            RuleKind::PortMappings => s.port_mappings.remove(&owner.tag()).map(|_| vec![]),
+        };
+        Ok(())
+    }
+
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
+        let s = self.state();
+        let tag = owner.tag();
+        Ok(Owned {
+            masquerade: match kind {
+                RuleKind::Masquerade => s.masquerade.get(&tag).cloned().unwrap_or_default(),
+                RuleKind::PortMappings => vec![],
+            },
+            port_mappings: match kind {
+                RuleKind::PortMappings => s.port_mappings.get(&tag).cloned().unwrap_or_default(),
+                RuleKind::Masquerade => vec![],
+            },
+        })
+    }
+
+    fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
+        let mut s = self.state();
+        s.record(format!("firewall.gc {kind:?} valid={}", valid.len()))?;
+        let prefix = format!("{}:", Owner::network_tag(network));
+        let keep: Vec<String> = valid.iter().map(Owner::tag).collect();
+        let stale = |tag: &String| tag.starts_with(&prefix) && !keep.contains(tag);
+        match kind {
+            RuleKind::Masquerade => s.masquerade.retain(|t, _| !stale(t)),
+            RuleKind::PortMappings => s.port_mappings.retain(|t, _| !stale(t)),
+        }
         Ok(())
     }
 }

@@ -326,7 +326,13 @@ fn bridge_config_errors_map_to_codes_before_any_kernel_call() {
             7,
             "hairpinMode",
         ),
-        (json!({"ipMasq": true}), &[], 2, "ipMasq"),
+        (
+            json!({"ipMasq": true, "ipMasqBackend": "pf"}),
+            &[],
+            7,
+            "ipMasqBackend",
+        ),
+        (json!({"vlanTrunk": [{"id": 5}]}), &[], 2, "vlanTrunk"),
         (json!({"vlan": 5000}), &[], 7, "vlan: 5000"),
         (
             json!({"runtimeConfig": {"mac": "not-a-mac"}}),

@@ -469,17 +469,20 @@ fn hairpin_with_promisc_is_an_invalid_config() {
 }
 
 #[test]
-fn ip_masq_is_an_unsupported_field() {
+fn unknown_ip_masq_backend_is_an_invalid_config() {
     require_root!();
     let w = world();
     let pod = w.pod("pod-masq");
-    let list = bridge_list_with(LATEST, w.data.path(), |p| p["ipMasq"] = json!(true));
+    let list = bridge_list_with(LATEST, w.data.path(), |p| {
+        p["ipMasq"] = json!(true);
+        p["ipMasqBackend"] = json!("pf");
+    });
     let err = w
         .driver
         .add(&list, &pod.att, &no_caps())
-        .expect_err("ipMasq");
-    assert_eq!(err.code, 2, "{err:?}");
-    assert!(err.msg.contains("ipMasq"), "{err:?}");
+        .expect_err("ipMasqBackend");
+    assert_eq!(err.code, 7, "{err:?}");
+    assert!(err.msg.contains("ipMasqBackend"), "{err:?}");
     assert!(w.node_veths().is_empty());
     assert!(reservations(&w.store()).is_empty());
 }

@@ -28,6 +28,8 @@ impl Host for HostState {
             .delegate(Command::Add)?
             .ok_or_else(|| Error::io("IPAM plugin returned no result"))?;
         self.undo.push(Undo::IpamDel);
+        self.grants
+            .allow_pod_ips(result.ips.iter().map(|ip| ip.address.ip()));
         Ok(result)
     }
 

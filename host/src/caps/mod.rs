@@ -2,6 +2,7 @@
 //! invocation's grants, then asks the kernel (or store, or IPAM delegate).
 
 pub mod addr;
+pub mod firewall;
 pub mod ipam;
 pub mod link;
 pub mod log;

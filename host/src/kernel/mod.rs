@@ -12,6 +12,7 @@ use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, V
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::Result;
+use crate::firewall::{Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind};
 
 /// Which namespace an operation is for. The container namespace is the one of
 /// this invocation's `CNI_NETNS`, opened once by the kernel implementation.
@@ -61,4 +62,24 @@ pub trait Kernel {
 
     fn sysctl_get(&mut self, ns: Ns, key: &str) -> Result<String>;
     fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()>;
+
+    /// Firewall rules in the node namespace (see `firewall`).
+    fn fw_add_masquerade(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        rules: &[Masquerade],
+    ) -> Result<()>;
+    fn fw_add_port_mappings(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        maps: &[PortMapping],
+        opts: &PortOptions,
+    ) -> Result<()>;
+    /// Removes the owner's rules of `kind` from every backend.
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()>;
+    /// The owner's rules of `kind` in every backend.
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
+    fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()>;
 }

@@ -2,7 +2,9 @@
 //! as a whole before anything on the node changes.
 
 use serde::Deserialize;
-use wasm_cni_sdk::{arg, parse_config, CniError, Dns, Error, IpamConfig, Request};
+use wasm_cni_sdk::firewall::Backend;
+use wasm_cni_sdk::nat::parse_backend;
+use wasm_cni_sdk::{arg, parse_config, CniError, Dns, Error, IpamConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -17,6 +19,8 @@ struct Raw {
     force_address: bool,
     #[serde(default)]
     ip_masq: bool,
+    #[serde(default)]
+    ip_masq_backend: Option<serde_json::Value>,
     #[serde(default)]
     mtu: Option<u32>,
     #[serde(default)]
@@ -84,6 +88,9 @@ pub struct Conf {
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub force_address: bool,
+    /// Masquerade the container's addresses (`ipMasq`), with this backend
+    /// (`ipMasqBackend`).
+    pub ip_masq: Option<Backend>,
     pub mtu: Option<u32>,
     pub hairpin: bool,
     pub promisc: bool,
@@ -113,18 +120,16 @@ fn check_mac(mac: &str, what: &str) -> Result<(), CniError> {
 }
 
 impl Conf {
-    pub fn parse(req: &Request) -> Result<Conf, CniError> {
-        let raw: Raw = parse_config(&req.config)?;
+    /// Parses the configuration of an ADD, DEL or CHECK with its `CNI_ARGS`;
+    /// STATUS and GC pass none.
+    pub fn parse(config: &str, args: &[(String, String)]) -> Result<Conf, CniError> {
+        let raw: Raw = parse_config(config)?;
         if raw.hairpin_mode && raw.promisc_mode {
             return Err(Error::config(
                 "hairpinMode and promiscMode cannot both be set: promiscuous mode on the bridge already reflects frames",
             ));
         }
-        if raw.ip_masq {
-            return Err(Error::unsupported(
-                "ipMasq: true is not supported yet by this bridge plugin; remove it or chain a masquerading plugin",
-            ));
-        }
+        let backend = parse_backend(raw.ip_masq_backend.as_ref(), "ipMasqBackend")?;
         for (on, key) in [
             (raw.macspoofchk, "macspoofchk"),
             (raw.port_isolation, "portIsolation"),
@@ -158,7 +163,7 @@ impl Conf {
                 "bridge: invalid interface name {bridge:?}"
             )));
         }
-        let mut mac = arg(&req.args, "MAC").map(str::to_string);
+        let mut mac = arg(args, "MAC").map(str::to_string);
         if let Some(m) = raw.args.and_then(|a| a.cni).and_then(|c| c.mac) {
             mac = Some(m);
         }
@@ -187,6 +192,7 @@ impl Conf {
             is_gateway: raw.is_gateway || raw.is_default_gateway,
             is_default_gateway: raw.is_default_gateway,
             force_address: raw.force_address,
+            ip_masq: raw.ip_masq.then_some(backend),
             mtu: raw.mtu,
             hairpin: raw.hairpin_mode,
             promisc: raw.promisc_mode,
@@ -197,5 +203,104 @@ impl Conf {
             dns,
             mac,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_cni_sdk::code;
+
+    fn parse(extra: &str) -> Result<Conf, CniError> {
+        let sep = if extra.is_empty() { "" } else { "," };
+        Conf::parse(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge"{sep}{extra}}}"#),
+            &[],
+        )
+    }
+
+    fn err(extra: &str, want_code: u32) -> String {
+        let e = parse(extra).expect_err("config should be rejected");
+        assert_eq!(e.code, want_code, "{}", e.msg);
+        e.msg
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bridge, "cni0");
+        assert!(c.ip_masq.is_none());
+        assert!(c.ipam.is_none());
+        assert!(!c.is_gateway);
+    }
+
+    #[test]
+    fn ip_masq_backends() {
+        let c = parse(r#""ipMasq":true"#).unwrap();
+        assert_eq!(c.ip_masq, Some(Backend::Auto));
+        let c = parse(r#""ipMasq":true,"ipMasqBackend":"nftables""#).unwrap();
+        assert_eq!(c.ip_masq, Some(Backend::Nftables));
+        let c = parse(r#""ipMasq":true,"ipMasqBackend":"iptables""#).unwrap();
+        assert_eq!(c.ip_masq, Some(Backend::Iptables));
+        let c = parse(r#""ipMasq":false,"ipMasqBackend":"iptables""#).unwrap();
+        assert!(c.ip_masq.is_none());
+    }
+
+    #[test]
+    fn bad_ip_masq_backend() {
+        for bad in [r#""nft""#, r#""""#, "3"] {
+            let msg = err(
+                &format!(r#""ipMasq":true,"ipMasqBackend":{bad}"#),
+                code::INVALID_CONFIG,
+            );
+            assert!(msg.starts_with("ipMasqBackend:"), "{msg}");
+        }
+        // Checked even when masquerading is off, as the reference does.
+        err(r#""ipMasqBackend":"xtables""#, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn gateway_flags() {
+        let c = parse(r#""isDefaultGateway":true"#).unwrap();
+        assert!(c.is_gateway && c.is_default_gateway);
+    }
+
+    #[test]
+    fn rejected() {
+        let msg = err(
+            r#""hairpinMode":true,"promiscMode":true"#,
+            code::INVALID_CONFIG,
+        );
+        assert!(msg.contains("hairpinMode"), "{msg}");
+        assert!(err(r#""vlan":4095"#, code::INVALID_CONFIG).starts_with("vlan:"));
+        assert!(err(r#""mtu":10"#, code::INVALID_CONFIG).starts_with("mtu:"));
+        assert!(err(r#""bridge":"a/b""#, code::INVALID_CONFIG).starts_with("bridge:"));
+        assert!(err(r#""macspoofchk":true"#, code::UNSUPPORTED_FIELD).starts_with("macspoofchk"));
+        assert!(err(r#""vlanTrunk":[{"id":5}]"#, code::UNSUPPORTED_FIELD).starts_with("vlanTrunk"));
+    }
+
+    #[test]
+    fn mac_precedence() {
+        let args = [("MAC".to_string(), "02:00:00:00:00:01".to_string())];
+        let base = r#"{"name":"n","type":"bridge""#;
+        let c = Conf::parse(&format!("{base}}}"), &args).unwrap();
+        assert_eq!(c.mac.as_deref(), Some("02:00:00:00:00:01"));
+        let c = Conf::parse(
+            &format!(r#"{base},"args":{{"cni":{{"mac":"02:00:00:00:00:02"}}}}}}"#),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(c.mac.as_deref(), Some("02:00:00:00:00:02"));
+        let c = Conf::parse(
+            &format!(
+                r#"{base},"args":{{"cni":{{"mac":"02:00:00:00:00:02"}}}},"runtimeConfig":{{"mac":"02:00:00:00:00:03"}}}}"#
+            ),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(c.mac.as_deref(), Some("02:00:00:00:00:03"));
+        let e =
+            Conf::parse(&format!(r#"{base},"runtimeConfig":{{"mac":"zz"}}}}"#), &[]).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
     }
 }

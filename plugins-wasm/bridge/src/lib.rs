@@ -4,21 +4,26 @@
 //!
 //! ADD: ensure the bridge -> veth pair with the container end named
 //! `CNI_IFNAME` -> attach, hairpin, VLAN -> IPAM ADD -> addresses and routes
-//! in the container -> gateway address on the bridge and IP forwarding.
-//! DEL: IPAM DEL, then delete the container interface (its peer goes too).
-//! CHECK: the bridge, the veth and the container's addresses and routes
-//! still match the previous result. The host undoes a failed ADD.
+//! in the container -> gateway address on the bridge and IP forwarding ->
+//! with `ipMasq`, masquerade of the container's addresses (host firewall).
+//! DEL, best effort: IPAM DEL, delete the container interface (its peer goes
+//! too), remove the masquerade rules; the first error is returned.
+//! CHECK: the bridge, the veth, the container's addresses and routes and the
+//! masquerade rules still match the previous result. GC: IPAM GC and, with
+//! `ipMasq`, the masquerade rules of attachments no longer valid. The host
+//! undoes a failed ADD.
 
 mod config;
 
 use std::net::IpAddr;
 
 use config::Conf;
+use wasm_cni_sdk::firewall::{self, RuleKind};
 use wasm_cni_sdk::link::{BridgeOptions, LinkInfo, VethOptions};
 use wasm_cni_sdk::netns::Namespace;
 use wasm_cni_sdk::{
-    addr, iface, ipam, link, netns, route, sysctl, CniError, CniResult, Error, Interface, IpNet,
-    IpNetExt, NetworkRequest, Plugin, Request, Route,
+    addr, iface, ipam, link, nat, netns, route, sysctl, CniError, CniResult, Error, Interface,
+    IpNet, IpNetExt, NetworkRequest, Plugin, Request, Route,
 };
 
 struct Bridge;
@@ -127,9 +132,26 @@ fn setup_gateway(conf: &Conf, host: &Namespace, result: &CniResult) -> Result<()
     Ok(())
 }
 
+/// The result's addresses of the container interface.
+fn container_ips(result: &CniResult) -> Vec<IpNet> {
+    result
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == CONTAINER_IF))
+        .map(|ip| ip.address)
+        .collect()
+}
+
+/// Keeps the first error of a best-effort sequence.
+fn keep_first(first: &mut Option<CniError>, r: Result<(), CniError>) {
+    if let Err(e) = r {
+        first.get_or_insert(e);
+    }
+}
+
 impl Plugin for Bridge {
     fn add(req: Request) -> Result<CniResult, CniError> {
-        let conf = Conf::parse(&req)?;
+        let conf = Conf::parse(&req.config, &req.args)?;
         let host = netns::host();
         let container = netns::container()?;
 
@@ -186,6 +208,9 @@ impl Plugin for Bridge {
             if conf.is_gateway {
                 setup_gateway(&conf, &host, &result)?;
             }
+            if let Some(backend) = conf.ip_masq {
+                nat::add_masquerade(backend, &container_ips(&result))?;
+            }
         } else {
             link::set_up(&container, &req.ifname, true)?;
         }
@@ -201,19 +226,29 @@ impl Plugin for Bridge {
     }
 
     fn del(req: Request) -> Result<(), CniError> {
-        let conf = Conf::parse(&req)?;
+        let conf = Conf::parse(&req.config, &req.args)?;
+        let mut first = None;
         if conf.ipam.is_some() {
-            ipam::del()?;
+            keep_first(&mut first, ipam::del());
         }
         if req.has_netns {
-            let container = netns::container()?;
-            link::delete(&container, &req.ifname)?;
+            keep_first(
+                &mut first,
+                netns::container().and_then(|c| link::delete(&c, &req.ifname)),
+            );
         }
-        Ok(())
+        if conf.ip_masq.is_some() {
+            keep_first(
+                &mut first,
+                firewall::remove(RuleKind::Masquerade)
+                    .map_err(|e| Error::context(e, "remove masquerade")),
+            );
+        }
+        first.map_or(Ok(()), Err)
     }
 
     fn check(req: Request) -> Result<(), CniError> {
-        let conf = Conf::parse(&req)?;
+        let conf = Conf::parse(&req.config, &req.args)?;
         let prev = req
             .prev_result
             .as_ref()
@@ -250,15 +285,12 @@ impl Plugin for Bridge {
             )));
         }
         let have = addr::list(&container, &req.ifname)?;
-        for ip in prev
-            .ips
-            .iter()
-            .filter(|ip| ip.interface.is_none_or(|i| i == CONTAINER_IF))
-        {
-            if !have.contains(&ip.address) {
+        let ips = container_ips(prev);
+        for ip in &ips {
+            if !have.contains(ip) {
                 return Err(Error::plugin(format!(
-                    "container interface {} lacks address {}",
-                    req.ifname, ip.address
+                    "container interface {} lacks address {ip}",
+                    req.ifname
                 )));
             }
         }
@@ -271,31 +303,35 @@ impl Plugin for Bridge {
                 )));
             }
         }
+        if conf.ip_masq.is_some() {
+            nat::check_masquerade(&ips)?;
+        }
         Ok(())
     }
 
     fn status(req: NetworkRequest) -> Result<(), CniError> {
-        let conf: serde_json::Value = wasm_cni_sdk::parse_config(&req.config)?;
-        if conf
-            .pointer("/ipam/type")
-            .and_then(|t| t.as_str())
-            .is_some_and(|t| !t.is_empty())
-        {
+        let conf = Conf::parse(&req.config, &[])?;
+        if conf.ipam.is_some() {
             ipam::status()?;
         }
         Ok(())
     }
 
+    /// Best effort like DEL: both collections run, the first error is returned.
     fn gc(req: NetworkRequest) -> Result<(), CniError> {
-        let conf: serde_json::Value = wasm_cni_sdk::parse_config(&req.config)?;
-        if conf
-            .pointer("/ipam/type")
-            .and_then(|t| t.as_str())
-            .is_some_and(|t| !t.is_empty())
-        {
-            ipam::gc()?;
+        let conf = Conf::parse(&req.config, &[])?;
+        let mut first = None;
+        if conf.ipam.is_some() {
+            keep_first(&mut first, ipam::gc());
         }
-        Ok(())
+        if conf.ip_masq.is_some() {
+            keep_first(
+                &mut first,
+                firewall::gc(RuleKind::Masquerade, &req.valid_attachments)
+                    .map_err(|e| Error::context(e, "collect masquerade rules")),
+            );
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 

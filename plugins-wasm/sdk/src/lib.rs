@@ -3,7 +3,7 @@
 //! A plugin implements [`Plugin`] (the WIT `cni:plugin/plugin` interface) and
 //! registers it with [`export!`]. It talks to the node only through the host
 //! capabilities re-exported here (`link`, `addr`, `route`, `sysctl`, `ipam`,
-//! `store`, `log`); the host checks every call against what this one
+//! `firewall`, `store`, `log`); the host checks every call against what this one
 //! invocation was granted. A component imports only the capabilities it
 //! calls, so an IPAM plugin that uses `store` is never linked to `link`.
 //!
@@ -28,7 +28,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::cni::plugin::{addr, ipam, link, log, netns, route, store, sysctl, types};
+pub use bindings::cni::plugin::{
+    addr, firewall, ipam, link, log, netns, route, store, sysctl, types,
+};
 pub use bindings::export;
 pub use bindings::exports::cni::plugin::plugin::Guest as Plugin;
 pub use types::{
@@ -40,8 +42,9 @@ mod config;
 mod error;
 pub mod iface;
 mod ip;
+pub mod nat;
 
-pub use config::{arg, parse_config, IpamConfig};
+pub use config::{arg, parse_config, prev_result, IpamConfig};
 pub use error::{code, Error};
 pub use ip::{parse_ip, parse_ip_net, IpNetExt};
 

@@ -19,6 +19,7 @@ use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, V
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
+use crate::firewall::{self, Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind};
 
 struct Container {
     file: File,
@@ -217,5 +218,45 @@ impl Kernel for NetlinkKernel {
                 netns::within(&self.open_container()?.file, || sysctl::write(key, value))?
             }
         }
+    }
+
+    fn fw_add_masquerade(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        rules: &[Masquerade],
+    ) -> Result<()> {
+        firewall::backend(choice).add_masquerade(owner, rules)
+    }
+
+    fn fw_add_port_mappings(
+        &mut self,
+        choice: Choice,
+        owner: &Owner,
+        maps: &[PortMapping],
+        opts: &PortOptions,
+    ) -> Result<()> {
+        firewall::backend(choice).add_port_mappings(owner, maps, opts)
+    }
+
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+        firewall::each(|fw| fw.remove(owner, kind))
+    }
+
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
+        let mut all = Owned {
+            masquerade: vec![],
+            port_mappings: vec![],
+        };
+        for mut fw in firewall::all() {
+            let o = fw.list(owner, kind)?;
+            all.masquerade.extend(o.masquerade);
+            all.port_mappings.extend(o.port_mappings);
+        }
+        Ok(all)
+    }
+
+    fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
+        firewall::each(|fw| fw.gc(network, kind, valid))
     }
 }

@@ -1,0 +1,81 @@
+//! The `firewall` capability. The owner of every rule is this invocation's
+//! attachment; a plugin may masquerade or forward only to its own pod's
+//! addresses (from `prevResult` or its IPAM result).
+
+use crate::bindings::cni::plugin::firewall::{
+    Backend, Host, Masquerade, Owned, PortMapping, PortOptions, RuleKind,
+};
+use crate::bindings::{Attachment, CniError, IpAddress};
+use crate::error::Error;
+use crate::firewall::Owner;
+use crate::state::{HostState, Undo};
+
+impl HostState {
+    fn check_pod_ip(&self, ip: IpAddress) -> Result<(), Error> {
+        if self.grants.is_pod_ip(ip.into()) {
+            Ok(())
+        } else {
+            Err(Error::denied(format!(
+                "{ip} is not an address of this attachment (prevResult or IPAM result)"
+            )))
+        }
+    }
+}
+
+impl Host for HostState {
+    fn add_masquerade(&mut self, backend: Backend, rules: Vec<Masquerade>) -> Result<(), CniError> {
+        for r in &rules {
+            self.check_pod_ip(r.source.addr)?;
+        }
+        let owner = self.owner();
+        self.kernel()?.fw_add_masquerade(backend, &owner, &rules)?;
+        self.undo.push(Undo::Firewall(RuleKind::Masquerade));
+        Ok(())
+    }
+
+    fn add_port_mappings(
+        &mut self,
+        backend: Backend,
+        mappings: Vec<PortMapping>,
+        opts: PortOptions,
+    ) -> Result<(), CniError> {
+        for m in &mappings {
+            self.check_pod_ip(m.container_ip)?;
+        }
+        if opts.mark_masq_bit > 31 {
+            return Err(Error::config(format!(
+                "markMasqBit: {} is outside 0-31",
+                opts.mark_masq_bit
+            ))
+            .into());
+        }
+        let owner = self.owner();
+        self.kernel()?
+            .fw_add_port_mappings(backend, &owner, &mappings, &opts)?;
+        self.undo.push(Undo::Firewall(RuleKind::PortMappings));
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: RuleKind) -> Result<(), CniError> {
+        let owner = self.owner();
+        Ok(self.kernel()?.fw_remove(&owner, kind)?)
+    }
+
+    fn list(&mut self, kind: RuleKind) -> Result<Owned, CniError> {
+        let owner = self.owner();
+        Ok(self.kernel()?.fw_list(&owner, kind)?)
+    }
+
+    fn gc(&mut self, kind: RuleKind, valid: Vec<Attachment>) -> Result<(), CniError> {
+        let network = self.inv.conf.name.clone();
+        let valid: Vec<Owner> = valid
+            .into_iter()
+            .map(|a| Owner {
+                network: network.clone(),
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect();
+        Ok(self.kernel()?.fw_gc(&network, kind, &valid)?)
+    }
+}

@@ -1,0 +1,997 @@
+//! The iptables backend: rules in the `nat` table of `iptables` (IPv4) and
+//! `ip6tables` (IPv6), in chains of our own only.
+//!
+//! Layout (per family):
+//! - `WASM-CNI-POSTROUTING`, `WASM-CNI-PREROUTING`, `WASM-CNI-OUTPUT`: jumped
+//!   to once from the built-in chain of the same name (PREROUTING and OUTPUT
+//!   only for `-m addrtype --dst-type LOCAL`); those three jumps carry the
+//!   comment [`BASE_COMMENT`] and are never removed.
+//! - per attachment, `WASM-CNI-<16 hex of the owner tag>-<kind>`:
+//!   - `-M` (masquerade): `-s pod -d subnet -j RETURN`, then
+//!     `-s pod ! -d 224.0.0.0/4|ff00::/8 -j MASQUERADE`; jumped to from
+//!     `WASM-CNI-POSTROUTING` by `-s pod`;
+//!   - `-D` (host ports): one `[-d hostIP] -p P --dport H -j DNAT
+//!     --to-destination pod:port` per mapping; jumped to from
+//!     `WASM-CNI-PREROUTING` and `WASM-CNI-OUTPUT` by `-p P --dport H`;
+//!   - `-S` (host-port masquerade): `[-s source] -d pod -m conntrack
+//!     --ctstate DNAT -j MASQUERADE` for each hairpin subnet and
+//!     127.0.0.0/8 (`snat`), or for any source (`masqAll`); jumped to from
+//!     `WASM-CNI-POSTROUTING` by `-d pod -m conntrack --ctstate DNAT`.
+//!
+//! Host-port masquerading matches conntrack's DNAT state rather than a
+//! packet mark, so `markMasqBit` is not used and no mark bit is shared with
+//! kube-proxy, Calico or the reference portmap plugin.
+//!
+//! Every rule in those chains carries `-m comment --comment
+//! "<owner.comment()>"`, so DEL, CHECK and GC select an attachment's rules by
+//! the tag that starts the comment; the kind is the suffix of the chain the
+//! rule is in or jumps to. An addition is one `iptables-restore --noflush -w`
+//! per family, built from an `iptables-save -t nat` taken under a lock
+//! (`/run/wasm-cni/iptables.lock`): chains are declared only when missing
+//! (declaring an existing chain would flush it), rules already there are not
+//! added again, and a removal deletes the jumps, then flushes and deletes the
+//! attachment's chains in the same transaction.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{
+    parse_protocol, protocol_name, stale, Firewall, Masquerade, Owned, Owner, PortMapping,
+    PortOptions, Protocol, RuleKind,
+};
+use crate::bindings::{IpAddress, IpNet};
+use crate::error::{code, Error, Result};
+
+/// Our chains jumped to from the built-in chains.
+pub const POSTROUTING: &str = "WASM-CNI-POSTROUTING";
+pub const PREROUTING: &str = "WASM-CNI-PREROUTING";
+pub const OUTPUT: &str = "WASM-CNI-OUTPUT";
+/// Prefix of every chain of ours.
+pub const CHAIN_PREFIX: &str = "WASM-CNI-";
+/// The comment on the three jumps from the built-in chains.
+pub const BASE_COMMENT: &str = "wasm-cni: pod masquerade and host ports";
+
+const LOCK_DIR: &str = "/run/wasm-cni";
+const LOCK_FILE: &str = "/run/wasm-cni/iptables.lock";
+
+/// Suffix of the per-attachment masquerade chain.
+const MASQ: char = 'M';
+/// Suffix of the per-attachment host-port DNAT chain.
+const DNAT: char = 'D';
+/// Suffix of the per-attachment host-port masquerade chain.
+const SNAT: char = 'S';
+
+fn suffixes(kind: RuleKind) -> &'static [char] {
+    match kind {
+        RuleKind::Masquerade => &[MASQ],
+        RuleKind::PortMappings => &[DNAT, SNAT],
+    }
+}
+
+/// `WASM-CNI-<16 hex>-<kind>` (27 characters) for a tag
+/// `wc:<8 hex>:<16 hex>`; None for anything else.
+fn tag_chain(tag: &str, kind: char) -> Option<String> {
+    let hex = tag.strip_prefix("wc:")?.split(':').nth(1)?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("{CHAIN_PREFIX}{hex}-{kind}"))
+}
+
+fn owner_chain(owner: &Owner, kind: char) -> String {
+    // The tag always has this form.
+    tag_chain(&owner.tag(), kind).unwrap_or_else(|| format!("{CHAIN_PREFIX}invalid-{kind}"))
+}
+
+/// The kind suffix of a per-attachment chain name.
+fn attachment_kind(chain: &str) -> Option<char> {
+    let rest = chain.strip_prefix(CHAIN_PREFIX)?;
+    let (hex, kind) = rest.split_once('-')?;
+    let mut k = kind.chars();
+    let kind = k.next()?;
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && k.next().is_none())
+        .then_some(kind)
+}
+
+/// The comment as written: characters iptables-restore or -save might quote
+/// or escape differently become `_` (the tag, first, is plain ASCII).
+fn comment_text(owner: &Owner) -> String {
+    owner
+        .comment()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._:=/@+,-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+    fn host_len(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+    fn multicast(self) -> &'static str {
+        match self {
+            Family::V4 => "224.0.0.0/4",
+            Family::V6 => "ff00::/8",
+        }
+    }
+}
+
+/// `ip/32` or `ip/128`, as iptables-save prints a host.
+fn host(ip: IpAddr) -> String {
+    format!("{ip}/{}", Family::of(ip).host_len())
+}
+
+/// The network of `n` (host bits cleared) as `addr/len`.
+fn network(n: &IpNet) -> String {
+    let ip = n.ip();
+    let bits: u32 = if ip.is_ipv4() { 32 } else { 128 };
+    let len = u32::from(n.prefix_len).min(bits);
+    let v: u128 = match ip {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => a.into(),
+    };
+    let mask = if len == 0 {
+        0
+    } else {
+        (u128::MAX << (bits - len)) & (u128::MAX >> (128 - bits))
+    };
+    let net = v & mask;
+    let addr = if ip.is_ipv4() {
+        IpAddr::from((net as u32).to_be_bytes())
+    } else {
+        IpAddr::from(net.to_be_bytes())
+    };
+    format!("{addr}/{len}")
+}
+
+/// `ip:port`, `[ip6]:port`.
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn parse_endpoint(s: &str) -> Option<(IpAddr, u16)> {
+    let (ip, port) = s.rsplit_once(':')?;
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
+    Some((ip.parse().ok()?, port.parse().ok()?))
+}
+
+/// `a.b.c.d/len` into address and prefix length (no prefix: a host).
+fn parse_net(s: &str) -> Option<(IpAddr, u8)> {
+    match s.split_once('/') {
+        Some((a, l)) => Some((a.parse().ok()?, l.parse().ok()?)),
+        None => {
+            let ip: IpAddr = s.parse().ok()?;
+            Some((ip, Family::of(ip).host_len()))
+        }
+    }
+}
+
+/// Splits a rule the way iptables-restore does: whitespace-separated words,
+/// `"…"` quoting, backslash escapes.
+fn tokenize(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// A word as iptables-restore reads it back.
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!._:/,[]-".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// One `-A` line of `iptables-save`.
+#[derive(Debug, Clone)]
+struct Rule {
+    /// The line as saved, to delete it with `-D`.
+    raw: String,
+    chain: String,
+    /// The words after the chain name.
+    args: Vec<String>,
+}
+
+impl Rule {
+    /// The value after `flag`, unless the flag is negated.
+    fn opt(&self, flag: &str) -> Option<&str> {
+        let i = self.args.iter().position(|a| a == flag)?;
+        if i > 0 && self.args[i - 1] == "!" {
+            return None;
+        }
+        self.args.get(i + 1).map(String::as_str)
+    }
+    fn comment(&self) -> &str {
+        self.opt("--comment").unwrap_or_default()
+    }
+    fn target(&self) -> &str {
+        self.opt("-j").unwrap_or_default()
+    }
+}
+
+/// The `nat` table as `iptables-save -t nat` prints it.
+#[derive(Debug, Default)]
+struct Table {
+    chains: BTreeSet<String>,
+    rules: Vec<Rule>,
+}
+
+impl Table {
+    fn parse(text: &str) -> Table {
+        let mut t = Table::default();
+        let mut in_nat = false;
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('*') {
+                in_nat = name == "nat";
+            } else if !in_nat {
+            } else if let Some(decl) = line.strip_prefix(':') {
+                if let Some(name) = decl.split_whitespace().next() {
+                    t.chains.insert(name.to_string());
+                }
+            } else if line.starts_with("-A ") {
+                let mut words = tokenize(line);
+                if words.len() >= 2 {
+                    let args = words.split_off(2);
+                    t.rules.push(Rule {
+                        raw: line.to_string(),
+                        chain: words.pop().unwrap_or_default(),
+                        args,
+                    });
+                }
+            }
+        }
+        t
+    }
+
+    fn has_rule(&self, chain: &str, args: &[String]) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.chain == chain && r.args == args)
+    }
+}
+
+/// The words of a rule, as we write it and as iptables-save prints it.
+struct Spec(Vec<String>);
+
+impl Spec {
+    fn new() -> Spec {
+        Spec(Vec::new())
+    }
+    fn arg(mut self, words: &[&str]) -> Spec {
+        self.0.extend(words.iter().map(|w| w.to_string()));
+        self
+    }
+    fn src(self, s: Option<&str>) -> Spec {
+        match s {
+            Some(s) => self.arg(&["-s", s]),
+            None => self,
+        }
+    }
+    fn dst(self, d: Option<&str>) -> Spec {
+        match d {
+            Some(d) => self.arg(&["-d", d]),
+            None => self,
+        }
+    }
+    fn port(self, p: Protocol, port: u16) -> Spec {
+        let p = protocol_name(p);
+        self.arg(&["-p", p, "-m", p, "--dport", &port.to_string()])
+    }
+    fn comment(self, c: &str) -> Spec {
+        self.arg(&["-m", "comment", "--comment", c])
+    }
+    fn jump(self, target: &str) -> Spec {
+        self.arg(&["-j", target])
+    }
+}
+
+/// One `iptables-restore --noflush` transaction, built against a saved
+/// table so it only adds what is missing.
+struct Batch<'a> {
+    table: &'a Table,
+    chains: Vec<String>,
+    lines: Vec<String>,
+    added: Vec<(String, Vec<String>)>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(table: &'a Table) -> Self {
+        Batch {
+            table,
+            chains: Vec::new(),
+            lines: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+
+    fn chain(&mut self, name: &str) {
+        if !self.table.chains.contains(name) && !self.chains.iter().any(|c| c == name) {
+            self.chains.push(name.to_string());
+        }
+    }
+
+    fn exists(&self, chain: &str, args: &[String]) -> bool {
+        self.table.has_rule(chain, args) || self.added.iter().any(|(c, a)| c == chain && a == args)
+    }
+
+    fn line(&mut self, op: &str, chain: &str, spec: &Spec) {
+        let words: Vec<String> = spec.0.iter().map(|w| quote(w)).collect();
+        self.lines.push(format!("{op} {chain} {}", words.join(" ")));
+    }
+
+    /// Appends the rule unless it is there.
+    fn append(&mut self, chain: &str, spec: Spec) {
+        if !self.exists(chain, &spec.0) {
+            self.line("-A", chain, &spec);
+            self.added.push((chain.to_string(), spec.0));
+        }
+    }
+
+    /// Inserts the rule first in the chain unless it is there.
+    fn insert(&mut self, chain: &str, spec: Spec) {
+        if !self.exists(chain, &spec.0) {
+            self.line("-I", &format!("{chain} 1"), &spec);
+            self.added.push((chain.to_string(), spec.0));
+        }
+    }
+
+    /// Our three entry chains and the one jump to each from its built-in.
+    fn base(&mut self) {
+        for chain in [POSTROUTING, PREROUTING, OUTPUT] {
+            self.chain(chain);
+        }
+        self.append(
+            "POSTROUTING",
+            Spec::new().comment(BASE_COMMENT).jump(POSTROUTING),
+        );
+        for (builtin, ours) in [("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT)] {
+            let local = Spec::new().arg(&["-m", "addrtype", "--dst-type", "LOCAL"]);
+            self.append(builtin, local.comment(BASE_COMMENT).jump(ours));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.lines.is_empty()
+    }
+
+    fn script(&self) -> String {
+        let mut s = String::from("*nat\n");
+        for c in &self.chains {
+            s += &format!(":{c} - [0:0]\n");
+        }
+        for l in &self.lines {
+            s += l;
+            s.push('\n');
+        }
+        s += "COMMIT\n";
+        s
+    }
+}
+
+/// The binary, from `$PATH` or the usual sbin directories.
+fn find(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+}
+
+fn missing(binary: &str) -> Error {
+    Error::io(format!(
+        "{binary} not found (looked in $PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
+         install iptables or use the nftables backend"
+    ))
+}
+
+/// Whether a failing `*-save` says the family or table is not there at all
+/// (no IPv6, no nat module): then there are no rules of ours either.
+fn unavailable(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "does not exist",
+        "not supported",
+        "can't initialize",
+        "cannot initialize",
+        "unable to open",
+    ]
+    .iter()
+    .any(|p| s.contains(p))
+}
+
+/// `<family>-save -t nat`, parsed; None when the binary is missing or the
+/// table cannot exist on this node.
+fn save(family: Family) -> Result<Option<Table>> {
+    let name = family.save();
+    let Some(bin) = find(name) else {
+        return Ok(None);
+    };
+    let out = Command::new(&bin)
+        .args(["-t", "nat"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::io(format!("exec {}: {e}", bin.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        if unavailable(&stderr) {
+            tracing::debug!("{name} -t nat: {}", stderr.trim());
+            return Ok(None);
+        }
+        return Err(Error::io(format!("{name} -t nat: {}", stderr.trim())));
+    }
+    Ok(Some(Table::parse(&String::from_utf8_lossy(&out.stdout))))
+}
+
+/// Feeds `script` to `<family>-restore --noflush -w`. A failure names the
+/// command, its stderr and the rule on the line it reports.
+fn restore(family: Family, script: &str) -> Result<()> {
+    let name = family.restore();
+    let bin = find(name).ok_or_else(|| missing(name))?;
+    let run = |args: &[&str]| -> Result<std::process::Output> {
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("exec {}: {e}", bin.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| Error::io(format!("write to {name}: {e}")))?;
+        }
+        child
+            .wait_with_output()
+            .map_err(|e| Error::io(format!("wait for {name}: {e}")))
+    };
+    let mut args = vec!["--noflush", "-w"];
+    let mut out = run(&args)?;
+    let old = |o: &std::process::Output| {
+        let e = String::from_utf8_lossy(&o.stderr);
+        e.contains("unrecognized option") || e.contains("invalid option")
+    };
+    if !out.status.success() && old(&out) {
+        // iptables before 1.6.2 has no -w for restore.
+        args.pop();
+        out = run(&args)?;
+    }
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let rule = failed_line(&stderr)
+        .and_then(|n| script.lines().nth(n.checked_sub(1)?))
+        .map(|l| format!(" (rule: {l})"))
+        .unwrap_or_default();
+    Err(
+        Error::io(format!("{name} {}: {stderr}{rule}", args.join(" ")))
+            .with_details(script.to_string()),
+    )
+}
+
+/// N of `… line N failed`.
+fn failed_line(stderr: &str) -> Option<usize> {
+    let words: Vec<&str> = stderr.split_whitespace().collect();
+    words.windows(3).find_map(|w| {
+        (w[0] == "line" && w[2].starts_with("failed"))
+            .then(|| w[1].trim_end_matches(':').parse().ok())
+            .flatten()
+    })
+}
+
+/// Serialises our save-then-restore sequences between invocations.
+fn lock() -> Result<Flock<File>> {
+    fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(format!("create {LOCK_DIR}: {e}")))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .map_err(|e| Error::io(format!("open {LOCK_FILE}: {e}")))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io(format!("lock {LOCK_FILE}: {e}")))
+}
+
+/// The families present in `ips`, in order.
+fn families(ips: impl Iterator<Item = IpAddr>) -> Vec<Family> {
+    let mut seen: Vec<Family> = ips.map(Family::of).collect();
+    seen.sort_by_key(|f| *f == Family::V6);
+    seen.dedup();
+    seen
+}
+
+/// A DNAT rule of any attachment, for conflicts and listing.
+struct Dnat {
+    comment: String,
+    map: PortMapping,
+}
+
+fn parse_dnat(r: &Rule) -> Option<Dnat> {
+    if r.target() != "DNAT" || attachment_kind(&r.chain) != Some(DNAT) {
+        return None;
+    }
+    let host_ip = match r.opt("-d") {
+        Some(d) => Some(IpAddress::from(parse_net(d)?.0)),
+        None => None,
+    };
+    let (pod, port) = parse_endpoint(r.opt("--to-destination")?)?;
+    Some(Dnat {
+        comment: r.comment().to_string(),
+        map: PortMapping {
+            host_port: r.opt("--dport")?.parse().ok()?,
+            container_port: port,
+            protocol: parse_protocol(r.opt("-p")?)?,
+            host_ip,
+            container_ip: pod.into(),
+        },
+    })
+}
+
+/// A masquerade entry from `-s pod -d subnet -j RETURN` in a `-M` chain.
+fn parse_masq(r: &Rule) -> Option<Masquerade> {
+    if r.target() != "RETURN" || attachment_kind(&r.chain) != Some(MASQ) {
+        return None;
+    }
+    let (pod, _) = parse_net(r.opt("-s")?)?;
+    let prefix_len = match r.opt("-d") {
+        Some(d) => parse_net(d)?.1,
+        None => 0,
+    };
+    Some(Masquerade {
+        source: IpNet {
+            addr: pod.into(),
+            prefix_len,
+        },
+    })
+}
+
+/// Deleting, in one transaction, every chain of `kind` of the tags picked by
+/// `pick` (a comment's first word), with the jumps to them. `also` adds a
+/// tag whose chains go even without rules.
+fn removal(
+    table: &Table,
+    kind: RuleKind,
+    pick: &dyn Fn(&str) -> bool,
+    also: Option<&str>,
+) -> String {
+    let mut tags: BTreeSet<String> = table
+        .rules
+        .iter()
+        .filter(|r| pick(r.comment()))
+        .filter_map(|r| r.comment().split(' ').next().map(str::to_string))
+        .collect();
+    tags.extend(also.map(str::to_string));
+    let chains: BTreeSet<String> = tags
+        .iter()
+        .flat_map(|t| suffixes(kind).iter().filter_map(|k| tag_chain(t, *k)))
+        .filter(|c| table.chains.contains(c))
+        .collect();
+    if chains.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("*nat\n");
+    for r in &table.rules {
+        if chains.contains(r.target()) && !chains.contains(&r.chain) {
+            if let Some(rest) = r.raw.strip_prefix("-A ") {
+                s += &format!("-D {rest}\n");
+            }
+        }
+    }
+    for c in &chains {
+        s += &format!("-F {c}\n");
+    }
+    for c in &chains {
+        s += &format!("-X {c}\n");
+    }
+    s += "COMMIT\n";
+    s
+}
+
+pub struct Iptables;
+
+impl Iptables {
+    pub fn new() -> Self {
+        Iptables
+    }
+
+    /// Removes, per family, the chains of `kind` of the tags `pick` selects.
+    fn delete_where(kind: RuleKind, pick: &dyn Fn(&str) -> bool, also: Option<&str>) -> Result<()> {
+        if !Family::ALL.iter().any(|f| find(f.save()).is_some()) {
+            return Ok(());
+        }
+        let _lock = lock()?;
+        for family in Family::ALL {
+            let Some(table) = save(family)? else { continue };
+            let script = removal(&table, kind, pick, also);
+            if !script.is_empty() {
+                restore(family, &script)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds one batch per family against the saved table and applies it.
+    fn add(fams: &[Family], build: impl Fn(Family, &mut Batch) -> Result<()>) -> Result<()> {
+        if fams.is_empty() {
+            return Ok(());
+        }
+        for family in fams {
+            for bin in [family.save(), family.restore()] {
+                if find(bin).is_none() {
+                    return Err(missing(bin));
+                }
+            }
+        }
+        let _lock = lock()?;
+        for &family in fams {
+            let table = save(family)?.ok_or_else(|| {
+                Error::io(format!(
+                    "{} -t nat: the nat table is not available",
+                    family.save()
+                ))
+            })?;
+            let mut batch = Batch::new(&table);
+            batch.base();
+            build(family, &mut batch)?;
+            if !batch.is_empty() {
+                restore(family, &batch.script())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Iptables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn overlaps(a: Option<IpAddress>, b: Option<IpAddress>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+impl Firewall for Iptables {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn add_masquerade(&mut self, owner: &Owner, rules: &[Masquerade]) -> Result<()> {
+        let c = comment_text(owner);
+        let chain = owner_chain(owner, MASQ);
+        let fams = families(rules.iter().map(|r| r.source.ip()));
+        Self::add(&fams, |family, batch| {
+            batch.chain(&chain);
+            for r in rules.iter().filter(|r| Family::of(r.source.ip()) == family) {
+                let pod = host(r.source.ip());
+                let subnet = network(&r.source);
+                // Kept sources first, so a later subnet of the same pod
+                // still precedes its MASQUERADE rule.
+                let dst = (r.source.prefix_len > 0).then_some(subnet.as_str());
+                let keep = Spec::new()
+                    .src(Some(&pod))
+                    .dst(dst)
+                    .comment(&c)
+                    .jump("RETURN");
+                batch.insert(&chain, keep);
+                let masq = Spec::new()
+                    .src(Some(&pod))
+                    .arg(&["!", "-d", family.multicast()])
+                    .comment(&c)
+                    .jump("MASQUERADE");
+                batch.append(&chain, masq);
+                batch.append(
+                    POSTROUTING,
+                    Spec::new().src(Some(&pod)).comment(&c).jump(&chain),
+                );
+            }
+            Ok(())
+        })
+        .map_err(|e| e.context("add masquerade"))
+    }
+
+    fn add_port_mappings(
+        &mut self,
+        owner: &Owner,
+        maps: &[PortMapping],
+        opts: &PortOptions,
+    ) -> Result<()> {
+        for m in maps {
+            let pod: IpAddr = m.container_ip.into();
+            if let Some(h) = m.host_ip.map(IpAddr::from) {
+                if h.is_ipv4() != pod.is_ipv4() {
+                    return Err(Error::config(format!(
+                        "portMappings: hostIP {h} and container IP {pod} are of different families"
+                    )));
+                }
+            }
+        }
+        let c = comment_text(owner);
+        let dnat = owner_chain(owner, DNAT);
+        let snat = owner_chain(owner, SNAT);
+        let fams = families(maps.iter().map(|m| m.container_ip.into()));
+        Self::add(&fams, |family, batch| {
+            let ours: Vec<&PortMapping> = maps
+                .iter()
+                .filter(|m| Family::of(m.container_ip.into()) == family)
+                .collect();
+            let existing: Vec<Dnat> = batch.table.rules.iter().filter_map(parse_dnat).collect();
+            let mut pods: Vec<IpAddr> = Vec::new();
+            batch.chain(&dnat);
+            for (i, m) in ours.iter().enumerate() {
+                let pod: IpAddr = m.container_ip.into();
+                let same_key = |o: &PortMapping| {
+                    o.protocol == m.protocol
+                        && o.host_port == m.host_port
+                        && overlaps(o.host_ip, m.host_ip)
+                };
+                let taken = existing
+                    .iter()
+                    .filter(|e| same_key(&e.map))
+                    .any(|e| !owner.owns(&e.comment) || e.map != **m)
+                    || ours[..i].iter().any(|o| same_key(o) && *o != *m);
+                if taken {
+                    return Err(Error::new(
+                        code::ALREADY_EXISTS,
+                        format!(
+                            "portMappings: host port {}/{}{} is already mapped to another pod",
+                            m.host_port,
+                            protocol_name(m.protocol),
+                            m.host_ip.map(|h| format!(" on {h}")).unwrap_or_default()
+                        ),
+                    ));
+                }
+                let hip = m.host_ip.map(|h| host(h.into()));
+                let to = endpoint(pod, m.container_port);
+                let rule = Spec::new()
+                    .dst(hip.as_deref())
+                    .port(m.protocol, m.host_port)
+                    .comment(&c)
+                    .arg(&["-j", "DNAT", "--to-destination", &to]);
+                batch.append(&dnat, rule);
+                for entry in [PREROUTING, OUTPUT] {
+                    let jump = Spec::new()
+                        .port(m.protocol, m.host_port)
+                        .comment(&c)
+                        .jump(&dnat);
+                    batch.append(entry, jump);
+                }
+                if !pods.contains(&pod) {
+                    pods.push(pod);
+                }
+            }
+            let sources: Vec<Option<String>> = if opts.masq_all {
+                vec![None]
+            } else if opts.snat {
+                let mut s: Vec<Option<String>> = opts
+                    .subnets
+                    .iter()
+                    .filter(|n| Family::of(n.ip()) == family)
+                    .map(|n| Some(network(n)))
+                    .collect();
+                if family == Family::V4 {
+                    s.push(Some("127.0.0.0/8".into()));
+                }
+                s
+            } else {
+                vec![]
+            };
+            if sources.is_empty() || pods.is_empty() {
+                return Ok(());
+            }
+            batch.chain(&snat);
+            let dnated = ["-m", "conntrack", "--ctstate", "DNAT"];
+            for pod in pods {
+                let pod = host(pod);
+                for src in &sources {
+                    let rule = Spec::new()
+                        .src(src.as_deref().filter(|s| !s.ends_with("/0")))
+                        .dst(Some(&pod))
+                        .arg(&dnated)
+                        .comment(&c)
+                        .jump("MASQUERADE");
+                    batch.append(&snat, rule);
+                }
+                let jump = Spec::new()
+                    .dst(Some(&pod))
+                    .arg(&dnated)
+                    .comment(&c)
+                    .jump(&snat);
+                batch.append(POSTROUTING, jump);
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            if e.code == code::ALREADY_EXISTS {
+                e
+            } else {
+                e.context("add port mappings")
+            }
+        })
+    }
+
+    fn remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+        let tag = owner.tag();
+        Self::delete_where(kind, &|c| owner.owns(c), Some(&tag))
+            .map_err(|e| e.context(format!("remove the iptables rules of {tag}")))
+    }
+
+    fn list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
+        let mut owned = Owned {
+            masquerade: vec![],
+            port_mappings: vec![],
+        };
+        for family in Family::ALL {
+            let Some(table) = save(family)? else { continue };
+            for r in table.rules.iter().filter(|r| owner.owns(r.comment())) {
+                match kind {
+                    RuleKind::Masquerade => {
+                        if r.chain == owner_chain(owner, MASQ) {
+                            owned.masquerade.extend(parse_masq(r));
+                        }
+                    }
+                    RuleKind::PortMappings => {
+                        if r.chain == owner_chain(owner, DNAT) {
+                            owned.port_mappings.extend(parse_dnat(r).map(|d| d.map));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(owned)
+    }
+
+    fn gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
+        Self::delete_where(kind, &|c| stale(c, network, valid), None)
+            .map_err(|e| e.context(format!("garbage-collect the iptables rules of {network}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_through_quoting() {
+        let line = r#"-A X -s 10.0.0.5/32 -m comment --comment "wc:1:2 net=a id=b if=c" -j RETURN"#;
+        let w = tokenize(line);
+        assert_eq!(w[7], "wc:1:2 net=a id=b if=c");
+        assert_eq!(
+            tokenize(&w.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")),
+            w
+        );
+        assert_eq!(tokenize(r#"--comment "a\'b\"c""#), ["--comment", "a'b\"c"]);
+        assert_eq!(tokenize("--comment wasm-cni"), ["--comment", "wasm-cni"]);
+    }
+
+    #[test]
+    fn chains_and_endpoints() {
+        let tag = "wc:1234abcd:0123456789abcdef";
+        let c = tag_chain(tag, 'M').unwrap();
+        assert_eq!(c, "WASM-CNI-0123456789abcdef-M");
+        assert!(c.len() <= 28);
+        assert_eq!(attachment_kind(&c), Some('M'));
+        assert_eq!(attachment_kind(POSTROUTING), None);
+        assert_eq!(tag_chain("wasm-cni:", 'M'), None);
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(endpoint(v6, 80), "[fd00::5]:80");
+        assert_eq!(parse_endpoint("[fd00::5]:80"), Some((v6, 80)));
+        let n = IpNet {
+            addr: "10.1.2.3".parse::<IpAddr>().unwrap().into(),
+            prefix_len: 20,
+        };
+        assert_eq!(network(&n), "10.1.0.0/20");
+        assert_eq!(failed_line("iptables-restore: line 4 failed"), Some(4));
+    }
+
+    #[test]
+    fn removal_deletes_jumps_then_chains() {
+        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:WASM-CNI-POSTROUTING - [0:0]\n\
+            :WASM-CNI-0123456789abcdef-M - [0:0]\n\
+            -A POSTROUTING -m comment --comment wasm-cni -j WASM-CNI-POSTROUTING\n\
+            -A WASM-CNI-0123456789abcdef-M -s 10.0.0.5/32 -d 10.0.0.0/24 -m comment --comment \"wc:1234abcd:0123456789abcdef x\" -j RETURN\n\
+            -A WASM-CNI-POSTROUTING -s 10.0.0.5/32 -m comment --comment \"wc:1234abcd:0123456789abcdef x\" -j WASM-CNI-0123456789abcdef-M\n\
+            COMMIT\n";
+        let t = Table::parse(save);
+        assert_eq!(t.rules.len(), 3);
+        let m = parse_masq(&t.rules[1]).unwrap();
+        assert_eq!(m.source.prefix_len, 24);
+        let s = removal(
+            &t,
+            RuleKind::Masquerade,
+            &|c| c.starts_with("wc:1234abcd:"),
+            None,
+        );
+        assert_eq!(
+            s,
+            "*nat\n-D WASM-CNI-POSTROUTING -s 10.0.0.5/32 -m comment --comment \"wc:1234abcd:0123456789abcdef x\" -j WASM-CNI-0123456789abcdef-M\n\
+             -F WASM-CNI-0123456789abcdef-M\n-X WASM-CNI-0123456789abcdef-M\nCOMMIT\n"
+        );
+        assert_eq!(removal(&t, RuleKind::PortMappings, &|_| true, None), "");
+    }
+}

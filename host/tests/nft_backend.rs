@@ -1,0 +1,290 @@
+//! The nftables backend, run inside a network namespace of its own (root
+//! only): elements in, elements out, the owner's only, rules constant.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use wasm_cni_host::bindings::IpNet;
+use wasm_cni_host::firewall::nft::Nftables;
+use wasm_cni_host::firewall::{
+    Firewall, Masquerade, Owner, PortMapping, PortOptions, Protocol, RuleKind,
+};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Option<Netns> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let name = format!("wc-nft-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name}");
+        Some(Netns(name))
+    }
+
+    /// Runs `f` on a thread inside the namespace (children inherit it).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("test thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn nft_list() -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "wasm_cni"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn owner(id: &str) -> Owner {
+    Owner {
+        network: "testnet".into(),
+        container_id: id.into(),
+        ifname: "eth0".into(),
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    let (a, l) = s.split_once('/').expect("cidr");
+    IpNet {
+        addr: a.parse::<IpAddr>().expect("ip").into(),
+        prefix_len: l.parse().expect("len"),
+    }
+}
+
+fn ip(s: &str) -> wasm_cni_host::bindings::IpAddress {
+    s.parse::<IpAddr>().expect("ip").into()
+}
+
+fn mapping(host_port: u16, pod: &str) -> PortMapping {
+    PortMapping {
+        host_port,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+        container_ip: ip(pod),
+    }
+}
+
+fn opts() -> PortOptions {
+    PortOptions {
+        snat: true,
+        masq_all: false,
+        subnets: vec![net("10.77.0.0/24"), net("fd77::/64")],
+        mark_masq_bit: 13,
+    }
+}
+
+fn rule_lines(listing: &str) -> usize {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.contains("masquerade")
+                || l.contains("dnat")
+                || l.ends_with("return")
+                || l.contains(" return comment")
+        })
+        .count()
+}
+
+#[test]
+fn masquerade_elements_belong_to_their_owner() {
+    let Some(ns) = Netns::new("masq") else { return };
+    ns.run(|| {
+        let mut fw = Nftables::new();
+        let (a, b) = (owner("a"), owner("b"));
+        fw.add_masquerade(
+            &a,
+            &[
+                Masquerade {
+                    source: net("10.77.0.2/24"),
+                },
+                Masquerade {
+                    source: net("fd77::2/64"),
+                },
+            ],
+        )
+        .expect("add a");
+        fw.add_masquerade(
+            &b,
+            &[Masquerade {
+                source: net("10.77.0.3/24"),
+            }],
+        )
+        .expect("add b");
+        // Adding the same again is no error (a retried ADD).
+        fw.add_masquerade(
+            &b,
+            &[Masquerade {
+                source: net("10.77.0.3/24"),
+            }],
+        )
+        .expect("add b again");
+        let listing = nft_list();
+        assert!(listing.contains("10.77.0.2 . 10.77.0.0/24"), "{listing}");
+        assert!(listing.contains("fd77::2 . fd77::/64"), "{listing}");
+        assert!(listing.contains("net=testnet id=a if=eth0"), "{listing}");
+        let owned = fw.list(&a, RuleKind::Masquerade).expect("list");
+        assert_eq!(owned.masquerade.len(), 2);
+        fw.remove(&a, RuleKind::Masquerade).expect("remove a");
+        fw.remove(&a, RuleKind::Masquerade).expect("remove a twice");
+        let listing = nft_list();
+        assert!(!listing.contains("10.77.0.2"), "{listing}");
+        assert!(!listing.contains("fd77::2"), "{listing}");
+        assert!(listing.contains("10.77.0.3"), "b is untouched: {listing}");
+        assert!(fw
+            .list(&a, RuleKind::Masquerade)
+            .expect("list")
+            .masquerade
+            .is_empty());
+    });
+}
+
+#[test]
+fn port_mappings_and_hairpin_elements() {
+    let Some(ns) = Netns::new("ports") else {
+        return;
+    };
+    ns.run(|| {
+        let mut fw = Nftables::new();
+        let a = owner("a");
+        let mut with_ip = mapping(53, "10.77.0.2");
+        with_ip.protocol = Protocol::Udp;
+        with_ip.host_ip = Some(ip("192.0.2.10"));
+        fw.add_port_mappings(
+            &a,
+            &[
+                mapping(8080, "10.77.0.2"),
+                mapping(8080, "fd77::2"),
+                with_ip,
+            ],
+            &opts(),
+        )
+        .expect("add");
+        let listing = nft_list();
+        assert!(listing.contains("0.0.0.0/0 . tcp . 8080"), "{listing}");
+        assert!(listing.contains(": 10.77.0.2 . 80"), "{listing}");
+        assert!(listing.contains("::/0 . tcp . 8080"), "{listing}");
+        assert!(listing.contains("192.0.2.10 . udp . 53"), "{listing}");
+        assert!(
+            listing.contains("10.77.0.0/24 . 10.77.0.2"),
+            "hairpin: {listing}"
+        );
+        assert!(
+            listing.contains("127.0.0.0/8 . 10.77.0.2"),
+            "localhost: {listing}"
+        );
+        let owned = fw.list(&a, RuleKind::PortMappings).expect("list");
+        assert_eq!(owned.port_mappings.len(), 3);
+        // A host port already mapped to another pod is refused.
+        let err = fw
+            .add_port_mappings(&owner("b"), &[mapping(8080, "10.77.0.3")], &opts())
+            .unwrap_err();
+        assert!(err.msg.contains("already mapped"), "{err}");
+        fw.remove(&a, RuleKind::PortMappings).expect("remove");
+        let listing = nft_list();
+        assert!(!listing.contains("8080"), "{listing}");
+        assert!(!listing.contains("10.77.0.2"), "{listing}");
+    });
+}
+
+#[test]
+fn gc_removes_vanished_attachments_of_its_network_only() {
+    let Some(ns) = Netns::new("gc") else { return };
+    ns.run(|| {
+        let mut fw = Nftables::new();
+        let other = Owner {
+            network: "othernet".into(),
+            ..owner("z")
+        };
+        fw.add_masquerade(
+            &owner("a"),
+            &[Masquerade {
+                source: net("10.77.0.2/24"),
+            }],
+        )
+        .expect("a");
+        fw.add_masquerade(
+            &owner("b"),
+            &[Masquerade {
+                source: net("10.77.0.3/24"),
+            }],
+        )
+        .expect("b");
+        fw.add_masquerade(
+            &other,
+            &[Masquerade {
+                source: net("10.78.0.2/24"),
+            }],
+        )
+        .expect("z");
+        fw.gc("testnet", RuleKind::Masquerade, &[owner("b")])
+            .expect("gc");
+        let listing = nft_list();
+        assert!(!listing.contains("10.77.0.2"), "{listing}");
+        assert!(listing.contains("10.77.0.3"), "{listing}");
+        assert!(
+            listing.contains("10.78.0.2"),
+            "another network is untouched: {listing}"
+        );
+    });
+}
+
+#[test]
+fn a_thousand_pods_add_no_rules() {
+    let Some(ns) = Netns::new("flat") else { return };
+    ns.run(|| {
+        let mut fw = Nftables::new();
+        fw.add_masquerade(
+            &owner("first"),
+            &[Masquerade {
+                source: net("10.80.0.2/16"),
+            }],
+        )
+        .expect("first");
+        let rules_with_one = rule_lines(&nft_list());
+        // 1000 pods in one transaction per 100, as elements.
+        for batch in 0..10u32 {
+            for i in 0..100u32 {
+                let n = batch * 100 + i + 3;
+                let src = format!("10.80.{}.{}/16", n / 250, n % 250 + 2);
+                fw.add_masquerade(
+                    &owner(&format!("p{n}")),
+                    &[Masquerade { source: net(&src) }],
+                )
+                .expect("add");
+            }
+        }
+        let listing = nft_list();
+        assert_eq!(
+            rule_lines(&listing),
+            rules_with_one,
+            "rules must not grow with pods"
+        );
+        assert!(
+            listing.matches("comment \"wc:").count() >= 2002,
+            "elements hold the pods"
+        );
+    });
+}
