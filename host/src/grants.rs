@@ -224,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn only_the_pods_own_addresses_and_interfaces_are_granted_to_chained_plugins() {
+        let g = grants(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"portmap","prevResult":{"cniVersion":"1.0.0",
+            "interfaces":[{"name":"br0"},{"name":"eth0","sandbox":"/run/netns/p"}],
+            "ips":[{"address":"10.1.0.5/24","interface":1}]}}"#,
+        );
+        assert!(g.is_pod_ip("10.1.0.5".parse().unwrap()));
+        assert!(!g.is_pod_ip("10.1.0.6".parse().unwrap()));
+        assert!(g
+            .check_sysctl(Ns::Host, "net.ipv4.conf.br0.route_localnet")
+            .is_ok());
+        assert!(g.check_link(Ns::Host, "cni0").is_err());
+    }
+
+    #[test]
     fn ipam_store_is_scoped_to_the_network() {
         let conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"net1","type":"bridge","ipam":{"type":"host-local","dataDir":"/tmp/x"}}"#,

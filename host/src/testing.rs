@@ -10,7 +10,8 @@ use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
 use crate::firewall::{
-    protocol_name, Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
+    choice_name, kind_name, protocol_name, Choice, Masquerade, Owned, Owner, PortMapping,
+    PortOptions, RuleKind,
 };
 use crate::kernel::{Kernel, Ns};
 
@@ -335,7 +336,8 @@ impl Kernel for MockKernel {
         let mut s = self.state();
         let list: Vec<String> = rules.iter().map(|r| r.source.to_string()).collect();
         s.record(format!(
-            "firewall.add-masquerade {choice:?} {}",
+            "firewall.add-masquerade {} {}",
+            choice_name(choice),
             list.join(" ")
         ))?;
         s.masquerade
@@ -367,7 +369,8 @@ impl Kernel for MockKernel {
             })
             .collect();
         s.record(format!(
-            "firewall.add-port-mappings {choice:?} {} snat={} masq-all={}",
+            "firewall.add-port-mappings {} {} snat={} masq-all={}",
+            choice_name(choice),
             list.join(" "),
             opts.snat,
             opts.masq_all
@@ -381,7 +384,7 @@ impl Kernel for MockKernel {
 
     fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
         let mut s = self.state();
-        s.record(format!("firewall.remove {kind:?}"))?;
+        s.record(format!("firewall.remove {}", kind_name(kind)))?;
         match kind {
             RuleKind::Masquerade => s.masquerade.remove(&owner.tag()),
             RuleKind::PortMappings => s.port_mappings.remove(&owner.tag()).map(|_| vec![]),
@@ -406,7 +409,11 @@ impl Kernel for MockKernel {
 
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
         let mut s = self.state();
-        s.record(format!("firewall.gc {kind:?} valid={}", valid.len()))?;
+        s.record(format!(
+            "firewall.gc {} valid={}",
+            kind_name(kind),
+            valid.len()
+        ))?;
         let prefix = format!("{}:", Owner::network_tag(network));
         let keep: Vec<String> = valid.iter().map(Owner::tag).collect();
         let stale = |tag: &String| tag.starts_with(&prefix) && !keep.contains(tag);

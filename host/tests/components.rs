@@ -770,3 +770,147 @@ fn host_local_rejects_a_config_without_ranges() {
     assert!(e.msg.contains("ipam.ranges"), "{e}");
     assert!(reservations(data.path(), "hl").is_empty());
 }
+
+// ---------------------------------------------------------------- firewall
+
+#[test]
+fn bridge_ip_masq_masquerades_the_pod_and_del_removes_it() {
+    let rt = dist_runtime();
+    let data = TempDir::new().unwrap();
+    let k = MockKernel::new();
+    let conf = bridge_conf(
+        data.path(),
+        json!({"ipMasq": true, "ipMasqBackend": "nftables"}),
+    );
+    add_ok(rt, "bridge", inv(Command::Add, &conf), &k);
+    let calls = k.calls();
+    assert!(
+        calls.contains(&"firewall.add-masquerade nftables 10.22.0.2/24".to_string()),
+        "{calls:#?}"
+    );
+    k.state().calls.clear();
+    run(rt, "bridge", inv(Command::Del, &conf), &k).expect("DEL");
+    assert!(
+        k.calls()
+            .contains(&"firewall.remove masquerade".to_string()),
+        "{:#?}",
+        k.calls()
+    );
+    assert!(k.state().masquerade.is_empty());
+}
+
+#[test]
+fn bridge_add_failing_after_masquerade_removes_it_again() {
+    let rt = dist_runtime();
+    let data = TempDir::new().unwrap();
+    let k = MockKernel::new();
+    // The gateway address is added after masquerading: fail there.
+    k.state().fail_on = Some("sysctl.set host net.ipv4.ip_forward".into());
+    let conf = bridge_conf(data.path(), json!({"ipMasq": true}));
+    fails(rt, "bridge", inv(Command::Add, &conf), &k);
+    assert!(
+        k.state().masquerade.is_empty(),
+        "the host undoes the masquerade"
+    );
+    assert!(reservations(data.path(), NET).is_empty());
+}
+
+fn prev_result() -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "cni0"}, {"name": "vethx"}, {"name": "eth0", "sandbox": NETNS}],
+        "ips": [{"address": "10.22.0.2/24", "gateway": "10.22.0.1", "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0"}]
+    })
+}
+
+fn portmap_conf(mappings: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NET,
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": mappings},
+        "prevResult": prev_result(),
+    })
+}
+
+#[test]
+fn portmap_forwards_to_the_pod_and_allows_localhost() {
+    let rt = dist_runtime();
+    let k = MockKernel::new();
+    let conf = portmap_conf(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}]));
+    let r = add_ok(rt, "portmap", inv(Command::Add, &conf), &k);
+    assert_eq!(
+        json(&r, "1.0.0")["ips"],
+        prev_result()["ips"],
+        "passes the result through"
+    );
+    assert_eq!(
+        k.calls(),
+        strings(&[
+            "sysctl.set host net.ipv4.conf.cni0.route_localnet=1",
+            "firewall.add-port-mappings auto :8080/tcp->10.22.0.2:80 snat=true masq-all=false",
+        ])
+    );
+    run(rt, "portmap", inv(Command::Check, &conf), &k).expect("CHECK");
+    run(rt, "portmap", inv(Command::Del, &conf), &k).expect("DEL");
+    assert!(k.state().port_mappings.is_empty());
+}
+
+#[test]
+fn portmap_config_errors_name_the_key_before_any_call() {
+    let rt = dist_runtime();
+    let cases: &[(Value, u32, &str)] = &[
+        (json!([{"hostPort": 0, "containerPort": 80}]), 7, "hostPort"),
+        (
+            json!([{"hostPort": 80, "containerPort": 70000}]),
+            7,
+            "containerPort",
+        ),
+        (
+            json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+            7,
+            "protocol",
+        ),
+    ];
+    for (mappings, code, needle) in cases {
+        let k = MockKernel::new();
+        let e = fails(
+            rt,
+            "portmap",
+            inv(Command::Add, &portmap_conf(mappings.clone())),
+            &k,
+        );
+        assert_eq!(e.code, *code, "{e}");
+        assert!(e.msg.contains(needle), "{e}");
+        assert!(k.calls().is_empty(), "{:#?}", k.calls());
+    }
+    let k = MockKernel::new();
+    let mut conf = portmap_conf(json!([]));
+    conf["conditionsV4"] = json!(["-s", "10.0.0.0/8"]);
+    assert_eq!(fails(rt, "portmap", inv(Command::Add, &conf), &k).code, 2);
+    let mut conf = portmap_conf(json!([{"hostPort": 80, "containerPort": 80}]));
+    conf.as_object_mut().unwrap().remove("prevResult");
+    assert_eq!(fails(rt, "portmap", inv(Command::Add, &conf), &k).code, 7);
+}
+
+#[test]
+fn firewall_gc_keeps_valid_attachments() {
+    let rt = dist_runtime();
+    let k = MockKernel::new();
+    let conf = portmap_conf(json!([{"hostPort": 8080, "containerPort": 80}]));
+    add_ok(rt, "portmap", inv(Command::Add, &conf), &k);
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc.as_object_mut().unwrap().remove("prevResult");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": CID, "ifname": IFNAME}]);
+    run(rt, "portmap", inv(Command::Gc, &gc), &k).expect("GC");
+    assert_eq!(
+        k.state().port_mappings.len(),
+        1,
+        "a valid attachment keeps its rules"
+    );
+    gc["cni.dev/valid-attachments"] = json!([]);
+    run(rt, "portmap", inv(Command::Gc, &gc), &k).expect("GC");
+    assert!(k.state().port_mappings.is_empty());
+}

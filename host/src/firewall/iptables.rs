@@ -305,8 +305,12 @@ impl Table {
         for line in text.lines().map(str::trim) {
             if let Some(name) = line.strip_prefix('*') {
                 in_nat = name == "nat";
-            } else if !in_nat {
-            } else if let Some(decl) = line.strip_prefix(':') {
+                continue;
+            }
+            if !in_nat {
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
                 if let Some(name) = decl.split_whitespace().next() {
                     t.chains.insert(name.to_string());
                 }
@@ -810,16 +814,26 @@ impl Firewall for Iptables {
                         && o.host_port == m.host_port
                         && overlaps(o.host_ip, m.host_ip)
                 };
-                let taken = existing
+                let clash = existing
                     .iter()
                     .filter(|e| same_key(&e.map))
-                    .any(|e| !owner.owns(&e.comment) || e.map != **m)
-                    || ours[..i].iter().any(|o| same_key(o) && *o != *m);
-                if taken {
+                    .find(|e| !owner.owns(&e.comment) || e.map != **m)
+                    .map(|e| {
+                        let to = endpoint(e.map.container_ip.into(), e.map.container_port);
+                        format!("{to} ({})", e.comment)
+                    })
+                    .or_else(|| {
+                        ours[..i]
+                            .iter()
+                            .copied()
+                            .find(|o| same_key(o) && *o != *m)
+                            .map(|o| endpoint(o.container_ip.into(), o.container_port))
+                    });
+                if let Some(other) = clash {
                     return Err(Error::new(
                         code::ALREADY_EXISTS,
                         format!(
-                            "portMappings: host port {}/{}{} is already mapped to another pod",
+                            "portMappings: host port {}/{}{} is already mapped to {other}",
                             m.host_port,
                             protocol_name(m.protocol),
                             m.host_ip.map(|h| format!(" on {h}")).unwrap_or_default()

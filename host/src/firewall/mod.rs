@@ -100,6 +100,21 @@ pub fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+pub fn choice_name(c: Choice) -> &'static str {
+    match c {
+        Choice::Auto => "auto",
+        Choice::Nftables => "nftables",
+        Choice::Iptables => "iptables",
+    }
+}
+
+pub fn kind_name(k: RuleKind) -> &'static str {
+    match k {
+        RuleKind::Masquerade => "masquerade",
+        RuleKind::PortMappings => "port-mappings",
+    }
+}
+
 pub fn parse_protocol(s: &str) -> Option<Protocol> {
     match s {
         "tcp" => Some(Protocol::Tcp),
