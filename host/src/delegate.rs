@@ -2,13 +2,12 @@
 //! whereabouts ...): the same environment, the same configuration on stdin,
 //! the result read back in whatever layout it printed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 
 use crate::bindings::CniResult;
 use crate::cni::{result, Command};
 use crate::error::{Error, Result};
+use crate::exec;
 use crate::state::Invocation;
 
 /// The first executable named `name` in `CNI_PATH`.
@@ -30,32 +29,21 @@ pub fn exec(binary: &Path, command: Command, inv: &Invocation) -> Result<Option<
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(";");
-    let mut child = Process::new(binary)
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &env.container_id)
-        .env(
-            "CNI_NETNS",
-            env.netns
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        )
-        .env("CNI_IFNAME", &env.ifname)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", join(&env.path))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(format!("exec IPAM plugin {}: {e}", binary.display())))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(inv.conf.to_json().as_bytes())
-            .map_err(|e| Error::io(format!("write config to {}: {e}", binary.display())))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("wait for {}: {e}", binary.display())))?;
+    let netns = env
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let vars = [
+        ("CNI_COMMAND", command.as_str().to_string()),
+        ("CNI_CONTAINERID", env.container_id.clone()),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", env.ifname.clone()),
+        ("CNI_ARGS", args),
+        ("CNI_PATH", join(&env.path)),
+    ];
+    let no_args: [&str; 0] = [];
+    let out = exec::run(binary, &no_args, &vars, inv.conf.to_json().as_bytes())?;
     let stdout: serde_json::Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         serde_json::Value::Null
     } else {

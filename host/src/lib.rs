@@ -19,6 +19,7 @@ pub mod caps;
 pub mod cni;
 pub mod delegate;
 pub mod error;
+pub mod exec;
 pub mod firewall;
 pub mod grants;
 pub mod kernel;

@@ -4,88 +4,19 @@
 //! machine's own namespace: the backend runs on a thread that has entered
 //! the test namespace, and the iptables commands it starts inherit it.
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::netns::Netns;
 use wasm_cni_host::bindings::{IpAddress, IpNet};
 use wasm_cni_host::error::code;
 use wasm_cni_host::firewall::iptables::Iptables;
 use wasm_cni_host::firewall::{
     Firewall, Masquerade, Owner, PortMapping, PortOptions, Protocol, RuleKind,
 };
-
-/// A network namespace for one test, deleted on drop (also on panic).
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Option<Netns> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        let name = format!(
-            "wc-ipt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        Some(Netns(name))
-    }
-
-    /// Starts `f` on a fresh thread inside the namespace.
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-
-    /// Runs `f` on a fresh thread inside the namespace; panics propagate.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        match self.spawn(f).join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-
-    /// `ip -n <ns> <args>` (never the machine's own namespace).
-    fn ip(&self, args: &str) {
-        let ok = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args.split_whitespace())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip -n {} {args}", self.0);
-    }
-
-    fn sysctl(&self, setting: &str) {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", &self.0, "sysctl", "-qw", setting])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "sysctl {setting} in {}", self.0);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// `iptables-save -t nat` (or ip6tables) in the current thread's namespace.
 fn saved(v6: bool) -> String {
@@ -243,7 +174,7 @@ fn assert_only_entry_jumps_in_builtins() {
 
 #[test]
 fn masquerade_is_listed_removed_and_idempotent() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let a = owner("testnet", "a");
@@ -300,7 +231,7 @@ fn masquerade_is_listed_removed_and_idempotent() {
 
 #[test]
 fn owners_are_independent() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let (a, b) = (owner("testnet", "a"), owner("testnet", "b"));
@@ -339,7 +270,7 @@ fn owners_are_independent() {
 
 #[test]
 fn port_mappings_v4_and_v6_with_and_without_host_ip() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let a = owner("testnet", "a");
@@ -394,7 +325,7 @@ fn port_mappings_v4_and_v6_with_and_without_host_ip() {
 
 #[test]
 fn snat_and_masq_all_masquerade_dnated_connections() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let (a, b) = (owner("testnet", "a"), owner("testnet", "b"));
@@ -439,7 +370,7 @@ fn snat_and_masq_all_masquerade_dnated_connections() {
 
 #[test]
 fn host_port_taken_by_another_pod_is_refused() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let (a, b) = (owner("testnet", "a"), owner("testnet", "b"));
@@ -469,21 +400,23 @@ fn host_port_taken_by_another_pod_is_refused() {
             &opts(true, false),
         )
         .unwrap();
-        // Mixed families in one mapping are a configuration error.
-        let e = fw
-            .add_port_mappings(
-                &b,
-                &[mapping(1, Protocol::Tcp, Some("fd00::1"), "10.77.0.6", 1)],
-                &opts(true, false),
-            )
-            .unwrap_err();
+        // Mixed families in one mapping are a configuration error, found
+        // before any backend runs.
+        let e = wasm_cni_host::firewall::validate_mappings(&[mapping(
+            1,
+            Protocol::Tcp,
+            Some("fd00::1"),
+            "10.77.0.6",
+            1,
+        )])
+        .unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
     });
 }
 
 #[test]
 fn gc_removes_stale_owners_of_one_network_only() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let a = owner("testnet", "a");
@@ -543,7 +476,7 @@ fn gc_removes_stale_owners_of_one_network_only() {
 
 #[test]
 fn remove_list_and_gc_on_a_fresh_namespace_are_empty() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
         let a = owner("testnet", "a");
@@ -597,8 +530,10 @@ fn fetch(ns: &Netns, addr: &str) -> Result<String, String> {
 /// rules must really forward and masquerade.
 #[test]
 fn rules_forward_and_masquerade_real_traffic() {
-    let Some(node) = Netns::new() else { return };
-    let (pod, ext) = (Netns::new().unwrap(), Netns::new().unwrap());
+    let Some(node) = Netns::new("ipt") else {
+        return;
+    };
+    let (pod, ext) = (Netns::new("ipt").unwrap(), Netns::new("ipt").unwrap());
     node.ip(&format!(
         "link add h-pod type veth peer name eth0 netns {}",
         pod.0

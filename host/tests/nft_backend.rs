@@ -1,52 +1,17 @@
 //! The nftables backend, run inside a network namespace of its own (root
 //! only): elements in, elements out, the owner's only, rules constant.
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::process::Command;
 
+mod common;
+
+use common::netns::Netns;
 use wasm_cni_host::bindings::IpNet;
 use wasm_cni_host::firewall::nft::Nftables;
 use wasm_cni_host::firewall::{
     Firewall, Masquerade, Owner, PortMapping, PortOptions, Protocol, RuleKind,
 };
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        let name = format!("wc-nft-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        Some(Netns(name))
-    }
-
-    /// Runs `f` on a thread inside the namespace (children inherit it).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("test thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn nft_list() -> String {
     let out = Command::new("nft")

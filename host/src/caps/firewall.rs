@@ -42,6 +42,7 @@ impl Host for HostState {
         for m in &mappings {
             self.check_pod_ip(m.container_ip)?;
         }
+        crate::firewall::validate_mappings(&mappings)?;
         if opts.mark_masq_bit > 31 {
             return Err(Error::config(format!(
                 "markMasqBit: {} is outside 0-31",

@@ -34,7 +34,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -47,6 +46,7 @@ use super::{
 };
 use crate::bindings::{IpAddress, IpNet};
 use crate::error::{code, Error, Result};
+use crate::exec;
 
 /// Our chains jumped to from the built-in chains.
 pub const POSTROUTING: &str = "WASM-CNI-POSTROUTING";
@@ -513,23 +513,7 @@ fn save(family: Family) -> Result<Option<Table>> {
 fn restore(family: Family, script: &str) -> Result<()> {
     let name = family.restore();
     let bin = find(name).ok_or_else(|| missing(name))?;
-    let run = |args: &[&str]| -> Result<std::process::Output> {
-        let mut child = Command::new(&bin)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io(format!("exec {}: {e}", bin.display())))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| Error::io(format!("write to {name}: {e}")))?;
-        }
-        child
-            .wait_with_output()
-            .map_err(|e| Error::io(format!("wait for {name}: {e}")))
-    };
+    let run = |args: &[&str]| exec::run(&bin, args, &[], script.as_bytes());
     let mut args = vec!["--noflush", "-w"];
     let mut out = run(&args)?;
     let old = |o: &std::process::Output| {
@@ -785,16 +769,6 @@ impl Firewall for Iptables {
         maps: &[PortMapping],
         opts: &PortOptions,
     ) -> Result<()> {
-        for m in maps {
-            let pod: IpAddr = m.container_ip.into();
-            if let Some(h) = m.host_ip.map(IpAddr::from) {
-                if h.is_ipv4() != pod.is_ipv4() {
-                    return Err(Error::config(format!(
-                        "portMappings: hostIP {h} and container IP {pod} are of different families"
-                    )));
-                }
-            }
-        }
         let c = comment_text(owner);
         let dnat = owner_chain(owner, DNAT);
         let snat = owner_chain(owner, SNAT);

@@ -128,6 +128,22 @@ pub fn is_v4(ip: IpAddr) -> bool {
     ip.is_ipv4()
 }
 
+/// Checks what every backend relies on: a mapping's host IP is of its
+/// container IP's family.
+pub fn validate_mappings(maps: &[PortMapping]) -> Result<()> {
+    for m in maps {
+        let pod = IpAddr::from(m.container_ip);
+        if let Some(h) = m.host_ip.map(IpAddr::from) {
+            if h.is_ipv4() != pod.is_ipv4() {
+                return Err(crate::error::Error::config(format!(
+                    "portMappings: hostIP {h} and container IP {pod} are of different families"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One way of keeping the rules.
 pub trait Firewall {
     /// "nftables" or "iptables".
@@ -155,6 +171,7 @@ fn on_path(binary: &str) -> bool {
 
 /// The backend for a choice: `auto` is nftables when `nft` is installed,
 /// else iptables.
+/// Callers validate mappings with [`validate_mappings`] first.
 pub fn backend(choice: Choice) -> Box<dyn Firewall + Send> {
     match choice {
         Choice::Nftables => Box::new(nft::Nftables::new()),

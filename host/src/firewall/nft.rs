@@ -12,9 +12,7 @@
 //!   masqueraded (hairpin from the pod subnet, localhost, or all).
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
@@ -25,6 +23,7 @@ use super::{
 };
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
+use crate::exec;
 
 pub const TABLE: &str = "wasm_cni";
 const LOCK_DIR: &str = "/run/wasm-cni";
@@ -207,21 +206,7 @@ fn sets_of(kind: RuleKind) -> &'static [&'static str] {
 
 /// Runs `nft` with `script` on stdin.
 fn nft(args: &[&str], script: &str) -> Result<String> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(format!("exec nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| Error::io(format!("write to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("wait for nft: {e}")))?;
+    let out = exec::run("nft", args, &[], script.as_bytes())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -349,15 +334,7 @@ impl Firewall for Nftables {
             let pod: IpAddr = m.container_ip.into();
             let f = family(pod);
             let host = match m.host_ip {
-                Some(h) => {
-                    let h: IpAddr = h.into();
-                    if h.is_ipv4() != pod.is_ipv4() {
-                        return Err(Error::config(format!(
-                            "portMappings: hostIP {h} and container IP {pod} are of different families"
-                        )));
-                    }
-                    h.to_string()
-                }
+                Some(h) => IpAddr::from(h).to_string(),
                 None if pod.is_ipv4() => "0.0.0.0/0".into(),
                 None => "::/0".into(),
             };
