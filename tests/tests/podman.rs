@@ -1,6 +1,8 @@
 //! podman's CNI backend, end to end, on our plugin directory and on the
 //! reference one: the same unchanged bridge + host-local conflist, the same
-//! observable outcome.
+//! observable outcome. And `podman run -p` on our bridge (`ipMasq`) +
+//! portmap: the published port works from the node and from an outside
+//! namespace joined to it by a veth uplink.
 //!
 //! How the world is built (see `PodmanWorld`):
 //! - a node network namespace; every podman call runs as
@@ -32,11 +34,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wasm_cni_tests::{dist, reference_dir, require_root, Netns};
 
+#[path = "firewall/net.rs"]
+mod net;
+
 const NET: &str = "wcpodman";
 const BRIDGE: &str = "wcpm0";
 const SUBNET: &str = "10.89.0.0/24";
 const GATEWAY: &str = "10.89.0.1";
 const CTR: &str = "wc-pm";
+/// The node's uplink address and the outside host's, for `-p`.
+const NODE_UPLINK: &str = "198.51.100.1";
+const OUTSIDE: &str = "198.51.100.2";
+const PUBLISHED: u16 = 18080;
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Whether `prog` is on PATH.
@@ -117,6 +126,15 @@ struct PodmanWorld {
 
 impl PodmanWorld {
     fn new(node: &Netns, plugin_dir: &Path) -> PodmanWorld {
+        PodmanWorld::with_conflist(node, plugin_dir, conflist)
+    }
+
+    /// A world whose network is `list(<host-local dataDir>)`.
+    fn with_conflist(
+        node: &Netns,
+        plugin_dir: &Path,
+        list: impl FnOnce(&Path) -> Value,
+    ) -> PodmanWorld {
         let tmp = tempfile::Builder::new()
             .prefix("wc-podman-")
             .tempdir()
@@ -142,10 +160,21 @@ impl PodmanWorld {
         );
         let rootfs = t.join("rootfs");
         std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "ip", "ping", "sleep", "cat"] {
+        for applet in ["sh", "ip", "ping", "sleep", "cat", "nc"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .expect("symlink");
         }
+        // What `nc -ll -p 80 -e /bin/hi` answers every connection with.
+        std::fs::write(
+            rootfs.join("bin/hi"),
+            "#!/bin/sh\necho hi from the container\n",
+        )
+        .expect("write /bin/hi");
+        std::fs::set_permissions(
+            rootfs.join("bin/hi"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod /bin/hi");
         // This VM lacks CAP_SYS_RESOURCE: ulimits must stay within the hard
         // limits. crun refuses hybrid cgroup v1/v2 hosts; runc copes with
         // every layout, so prefer it when installed.
@@ -201,7 +230,7 @@ conmon_env_vars = ["PATH={PATH}", "WASM_CNI_LOG_FILE={logs}", "WASM_CNI_LOG=info
         let ipam = t.join("ipam");
         std::fs::write(
             t.join("cni").join(format!("{NET}.conflist")),
-            serde_json::to_string_pretty(&conflist(&ipam)).expect("json"),
+            serde_json::to_string_pretty(&list(&ipam)).expect("json"),
         )
         .expect("write conflist");
         PodmanWorld {
@@ -526,4 +555,140 @@ fn podman_runs_a_container_on_the_reference_plugins() {
         return;
     };
     container_on(&dir, false);
+}
+
+/// bridge (`ipMasq`) + portmap (`capabilities.portMappings`) on the same
+/// subnet: what `podman run -p` needs from a CNI network.
+fn portmap_conflist(ipam_dir: &Path) -> Value {
+    let mut list = conflist(ipam_dir);
+    list["plugins"][0]["ipMasq"] = json!(true);
+    list["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+    list
+}
+
+/// `podman run -p 18080:80` on our bridge + portmap: podman hands the
+/// mapping to portmap as `runtimeConfig.portMappings`, and the published
+/// port reaches the container's server from the node and from an outside
+/// host joined to the node by a veth uplink; `podman rm` removes the rules.
+#[test]
+fn podman_publishes_a_port_through_our_portmap() {
+    require_root!();
+    if podman_ready().is_none() {
+        return;
+    }
+    let dir = dist();
+    assert!(
+        dir.join("portmap").exists(),
+        "{} has no portmap: run `cargo xtask install target/dist`",
+        dir.display()
+    );
+    let dir = dir.canonicalize().expect("canonical dist dir");
+    let started = Instant::now();
+    let node = Netns::new("pmfw");
+    let outside = Netns::new("pmout");
+    node.sh(&format!(
+        "ip link add up0 type veth peer name out0 netns {} \
+         && ip addr add {NODE_UPLINK}/24 dev up0 && ip link set up0 up",
+        outside.name()
+    ));
+    outside.sh(&format!(
+        "ip addr add {OUTSIDE}/24 dev out0 && ip link set out0 up"
+    ));
+    let world = PodmanWorld::with_conflist(&node, &dir, portmap_conflist);
+
+    let rootfs = world.rootfs.display().to_string();
+    let publish = format!("{PUBLISHED}:80");
+    let cid = world
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            CTR,
+            "--network",
+            NET,
+            "-p",
+            &publish,
+            "--rootfs",
+            &rootfs,
+            "nc",
+            "-ll",
+            "-p",
+            "80",
+            "-e",
+            "/bin/hi",
+        ])
+        .trim()
+        .to_string();
+    let sandbox = world.ok(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.SandboxKey}}",
+        CTR,
+    ]);
+    world
+        .sandboxes
+        .borrow_mut()
+        .push(PathBuf::from(sandbox.trim()));
+    eprintln!("podman run -p: {:?}", started.elapsed());
+
+    let log = world.plugin_log();
+    assert!(
+        log.contains(&format!("command=ADD container_id={cid} plugin=portmap")),
+        "our portmap did not serve the ADD; plugin log:\n{log}"
+    );
+    // The server in the container may take a moment to listen.
+    let mut last = Err(String::new());
+    assert!(
+        eventually(|| {
+            last = net::connect(&node, NODE_UPLINK, PUBLISHED, 1.0);
+            last.is_ok()
+        }),
+        "the node cannot reach {NODE_UPLINK}:{PUBLISHED}: {last:?}\nplugin log:\n{}",
+        world.plugin_log()
+    );
+    assert_eq!(last.as_deref(), Ok("hi from the container"));
+    assert_eq!(
+        net::reach(&outside, NODE_UPLINK, PUBLISHED),
+        "hi from the container",
+        "from the outside host"
+    );
+    let needle = format!("id={cid} ");
+    let owned = |table: &str| {
+        table
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let table = node.sh("nft list table inet wasm_cni");
+    assert!(
+        owned(&table)
+            .iter()
+            .any(|l| l.contains(&format!("tcp . {PUBLISHED} "))),
+        "no host-port element for {PUBLISHED} of {cid}:\n{table}"
+    );
+
+    world.ok(&["rm", "--force", "--time", "0", CTR]);
+    assert!(
+        eventually(|| owned(&node.sh("nft list table inet wasm_cni")).is_empty()),
+        "rules of {cid} left after podman rm:\n{}",
+        node.sh("nft list table inet wasm_cni")
+    );
+    assert!(
+        net::connect(&outside, NODE_UPLINK, PUBLISHED, 1.0).is_err(),
+        "{PUBLISHED} still forwarded after podman rm"
+    );
+    let log = world.plugin_log();
+    assert!(
+        log.contains(&format!("command=DEL container_id={cid} plugin=portmap")),
+        "our portmap did not serve the DEL; plugin log:\n{log}"
+    );
+    assert!(
+        !log.contains(" ERROR "),
+        "our plugins logged errors:\n{log}"
+    );
+    eprintln!("total: {:?}", started.elapsed());
 }

@@ -292,6 +292,54 @@ impl Nftables {
         }
     }
 
+    /// An element keyed by a pod address, taken over by `comment`'s owner:
+    /// an address can pass to a new pod while the old owner's element is
+    /// still there (its DEL released the address first, or failed half
+    /// way). Add (so it exists), delete, add again: one transaction, and the
+    /// newest owner's DEL is the one that removes it.
+    fn owned_element(set: &str, key: &str, comment: &str) -> String {
+        format!(
+            "{}delete element inet {TABLE} {set} {{ {key} }}\n{}",
+            Self::element(set, key, None, comment),
+            Self::element(set, key, None, comment)
+        )
+    }
+
+    /// Fails when a host port of `maps` is already mapped to another
+    /// attachment: the same host IP, or either one on every address.
+    fn check_host_ports(owner: &Owner, maps: &[PortMapping]) -> Result<()> {
+        let taken: Vec<(PortMapping, String)> = Self::elements()?
+            .into_iter()
+            .filter(|e| e.set.starts_with("hostports_") && !owner.owns(&e.comment))
+            .filter_map(|e| Some((parse_mapping(&e.key, e.data.as_deref())?, e.comment)))
+            .collect();
+        for m in maps {
+            let clash = taken.iter().find(|(t, _)| {
+                t.host_port == m.host_port
+                    && t.protocol == m.protocol
+                    && IpAddr::from(t.container_ip).is_ipv4()
+                        == IpAddr::from(m.container_ip).is_ipv4()
+                    && (t.host_ip.is_none() || m.host_ip.is_none() || t.host_ip == m.host_ip)
+            });
+            if let Some((t, comment)) = clash {
+                let holder = comment
+                    .split_once(' ')
+                    .map_or(comment.as_str(), |(_, who)| who);
+                return Err(Error::new(
+                    crate::error::code::ALREADY_EXISTS,
+                    format!(
+                        "portMappings: host port {}/{} is already mapped to {}:{} ({holder})",
+                        m.host_port,
+                        protocol_name(m.protocol),
+                        IpAddr::from(t.container_ip),
+                        t.container_port
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn delete_where(kind: RuleKind, pick: impl Fn(&Elem) -> bool) -> Result<()> {
         let sets = sets_of(kind);
         let script: String = Self::elements()?
@@ -314,9 +362,9 @@ impl Firewall for Nftables {
         for r in rules {
             let ip = r.source.ip();
             let f = family(ip);
-            script += &Self::element(&format!("masq_{f}"), &ip.to_string(), None, &c);
+            script += &Self::owned_element(&format!("masq_{f}"), &ip.to_string(), &c);
             let key = format!("{ip} . {}", net_text(&r.source));
-            script += &Self::element(&format!("masq_skip_{f}"), &key, None, &c);
+            script += &Self::owned_element(&format!("masq_skip_{f}"), &key, &c);
         }
         Self::apply(&script).map_err(|e| e.context("add masquerade"))
     }
@@ -327,6 +375,7 @@ impl Firewall for Nftables {
         maps: &[PortMapping],
         opts: &PortOptions,
     ) -> Result<()> {
+        Self::check_host_ports(owner, maps)?;
         let c = owner.comment();
         let mut script = String::new();
         let mut pods: Vec<IpAddr> = Vec::new();
@@ -350,7 +399,7 @@ impl Firewall for Nftables {
             let set = format!("hostport_masq_{f}");
             if opts.masq_all {
                 let any = if pod.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
-                script += &Self::element(&set, &format!("{any} . {pod}"), None, &c);
+                script += &Self::owned_element(&set, &format!("{any} . {pod}"), &c);
             } else if opts.snat {
                 for subnet in opts
                     .subnets
@@ -358,10 +407,10 @@ impl Firewall for Nftables {
                     .filter(|s| s.ip().is_ipv4() == pod.is_ipv4())
                 {
                     script +=
-                        &Self::element(&set, &format!("{} . {pod}", net_text(subnet)), None, &c);
+                        &Self::owned_element(&set, &format!("{} . {pod}", net_text(subnet)), &c);
                 }
                 if pod.is_ipv4() {
-                    script += &Self::element(&set, &format!("127.0.0.0/8 . {pod}"), None, &c);
+                    script += &Self::owned_element(&set, &format!("127.0.0.0/8 . {pod}"), &c);
                 }
             }
         }

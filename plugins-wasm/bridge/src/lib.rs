@@ -228,8 +228,14 @@ impl Plugin for Bridge {
     fn del(req: Request) -> Result<(), CniError> {
         let conf = Conf::parse(&req.config, &req.args)?;
         let mut first = None;
-        if conf.ipam.is_some() {
-            keep_first(&mut first, ipam::del());
+        // Rules first, the address last: once released, the address may be
+        // handed to another pod at once.
+        if conf.ip_masq.is_some() {
+            keep_first(
+                &mut first,
+                firewall::remove(RuleKind::Masquerade)
+                    .map_err(|e| Error::context(e, "remove masquerade")),
+            );
         }
         if req.has_netns {
             keep_first(
@@ -237,12 +243,8 @@ impl Plugin for Bridge {
                 netns::container().and_then(|c| link::delete(&c, &req.ifname)),
             );
         }
-        if conf.ip_masq.is_some() {
-            keep_first(
-                &mut first,
-                firewall::remove(RuleKind::Masquerade)
-                    .map_err(|e| Error::context(e, "remove masquerade")),
-            );
+        if conf.ipam.is_some() {
+            keep_first(&mut first, ipam::del());
         }
         first.map_or(Ok(()), Err)
     }
