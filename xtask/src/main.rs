@@ -6,6 +6,10 @@
 //!                    per plugin type, so DIR works as /opt/cni/bin
 //!   test             install into target/dist, then run every test
 //!   demo             install into target/dist, then run the demo
+//!   bench [-- ARGS]  install into target/dist, then run the benchmark in
+//!                    release mode (root; ours vs /usr/lib/cni), writing
+//!                    target/bench/{report.md,samples.csv,latency.png};
+//!                    ARGS e.g. `--levels 1,50,250 --samples 20`
 //!   lint             rustfmt and clippy on the host and guest workspaces
 
 use std::path::{Path, PathBuf};
@@ -207,6 +211,25 @@ fn demo() -> Result {
         ]))
 }
 
+fn bench(args: &[&str]) -> Result {
+    install(&dist())?;
+    let args = args.strip_prefix(&["--"]).unwrap_or(args);
+    run(cargo()
+        .current_dir(root())
+        .env("WASM_CNI_DIST", dist())
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "wasm-cni-tests",
+            "--bin",
+            "bench",
+            "--",
+        ])
+        .args(args))
+}
+
 fn lint() -> Result {
     run(cargo()
         .current_dir(root())
@@ -248,8 +271,11 @@ fn main() -> ExitCode {
         ["install", dir] => install(Path::new(dir)),
         ["test"] => test(),
         ["demo"] => demo(),
+        ["bench", rest @ ..] => bench(rest),
         ["lint"] => lint(),
-        _ => Err("usage: cargo xtask build | install DIR | test | demo | lint".into()),
+        _ => Err(
+            "usage: cargo xtask build | install DIR | test | demo | bench [-- ARGS] | lint".into(),
+        ),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
