@@ -887,7 +887,7 @@ fn portmap_config_errors_name_the_key_before_any_call() {
     }
     let k = MockKernel::new();
     let mut conf = portmap_conf(json!([]));
-    conf["conditionsV4"] = json!(["-s", "10.0.0.0/8"]);
+    conf["conditionsV4"] = json!(["-p", "tcp"]);
     assert_eq!(fails(rt, "portmap", inv(Command::Add, &conf), &k).code, 2);
     let mut conf = portmap_conf(json!([{"hostPort": 80, "containerPort": 80}]));
     conf.as_object_mut().unwrap().remove("prevResult");

@@ -133,6 +133,9 @@ fn opts(snat: bool, masq_all: bool) -> PortOptions {
         masq_all,
         subnets: vec![net("10.77.0.0/24"), net("fd77::/64")],
         mark_masq_bit: 13,
+        external_set_mark_chain: None,
+        conditions_v4: vec![],
+        conditions_v6: vec![],
     }
 }
 

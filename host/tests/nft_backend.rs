@@ -57,6 +57,9 @@ fn opts() -> PortOptions {
         masq_all: false,
         subnets: vec![net("10.77.0.0/24"), net("fd77::/64")],
         mark_masq_bit: 13,
+        external_set_mark_chain: None,
+        conditions_v4: vec![],
+        conditions_v6: vec![],
     }
 }
 

@@ -43,13 +43,7 @@ impl Host for HostState {
             self.check_pod_ip(m.container_ip)?;
         }
         crate::firewall::validate_mappings(&mappings)?;
-        if opts.mark_masq_bit > 31 {
-            return Err(Error::config(format!(
-                "markMasqBit: {} is outside 0-31",
-                opts.mark_masq_bit
-            ))
-            .into());
-        }
+        crate::firewall::validate_options(&opts)?;
         let owner = self.owner();
         self.kernel()?
             .fw_add_port_mappings(backend, &owner, &mappings, &opts)?;

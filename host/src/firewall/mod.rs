@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 pub use crate::bindings::cni::plugin::firewall::{
-    Backend as Choice, Masquerade, Owned, PortMapping, PortOptions, Protocol, RuleKind,
+    Backend as Choice, Condition, Masquerade, MatchField, Owned, PortMapping, PortOptions,
+    Protocol, RuleKind,
 };
 use crate::error::Result;
 
@@ -138,6 +139,69 @@ pub fn validate_mappings(maps: &[PortMapping]) -> Result<()> {
                 return Err(crate::error::Error::config(format!(
                     "portMappings: hostIP {h} and container IP {pod} are of different families"
                 )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An interface name that can stand in rule text as it is: 1-15 bytes of
+/// letters, digits and `-_.@+`.
+pub fn rule_safe_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+}
+
+/// Checks the options a plugin sent before they reach a rule: the mark bit,
+/// the external chain's name and each condition's family and interface,
+/// so no text of a plugin's choosing ends up in a ruleset.
+pub fn validate_options(opts: &PortOptions) -> Result<()> {
+    use crate::error::Error;
+    if opts.mark_masq_bit > 31 {
+        return Err(Error::config(format!(
+            "markMasqBit: {} is outside 0-31",
+            opts.mark_masq_bit
+        )));
+    }
+    if let Some(chain) = &opts.external_set_mark_chain {
+        let ok = !chain.is_empty()
+            && chain.len() <= 28
+            && chain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(Error::config(format!(
+                "externalSetMarkChain: {chain:?} is not an iptables chain name"
+            )));
+        }
+    }
+    for (key, list, v4) in [
+        ("conditionsV4", &opts.conditions_v4, true),
+        ("conditionsV6", &opts.conditions_v6, false),
+    ] {
+        for c in list {
+            match &c.field {
+                MatchField::Source(n) | MatchField::Destination(n) => {
+                    let ip = n.ip();
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    if ip.is_ipv4() != v4 || n.prefix_len > max {
+                        return Err(Error::config(format!(
+                            "{key}: {ip}/{} is not an IPv{} prefix",
+                            n.prefix_len,
+                            if v4 { 4 } else { 6 }
+                        )));
+                    }
+                }
+                MatchField::InInterface(name) => {
+                    if !rule_safe_ifname(name) {
+                        return Err(Error::config(format!(
+                            "{key}: {name:?} is not an interface name"
+                        )));
+                    }
+                }
             }
         }
     }

@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
-use wasm_cni_sdk::firewall::{Backend, Protocol};
+
+use crate::conditions::{self, Conditions, Syntax};
+use wasm_cni_sdk::firewall::{Backend, Condition, Protocol};
 use wasm_cni_sdk::nat::parse_backend;
 use wasm_cni_sdk::{parse_config, parse_ip, CniError, Error};
 
@@ -33,7 +35,74 @@ pub struct Conf {
     pub masq_all: bool,
     /// `markMasqBit`, 0-31, default 13.
     pub mark_masq_bit: u8,
+    /// `externalSetMarkChain`: marks connections for another system's
+    /// masquerading instead of this plugin's own rule (iptables only).
+    pub external_set_mark_chain: Option<String>,
+    /// `conditionsV4` / `conditionsV6`.
+    pub conditions_v4: Vec<Condition>,
+    pub conditions_v6: Vec<Condition>,
     pub backend: Backend,
+}
+
+/// An iptables chain name another system owns: letters, digits, `-`, `_`.
+fn chain_name(s: &str) -> Result<String, CniError> {
+    let ok = s.len() <= 28
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(Error::config(format!(
+            "externalSetMarkChain: {s:?} is not an iptables chain name"
+        )))
+    }
+}
+
+/// The backend: as configured, but iptables-only keys (`markMasqBit`,
+/// `externalSetMarkChain`, iptables-style conditions) pick iptables when
+/// unset, nft-style conditions pick nftables, and mixing them is an error,
+/// as in the reference plugin.
+fn choose_backend(
+    configured: Backend,
+    iptables_keys: bool,
+    conditions: [&Option<Conditions>; 2],
+) -> Result<Backend, CniError> {
+    let mut wants: Option<(Backend, &str)> =
+        iptables_keys.then_some((Backend::Iptables, "markMasqBit/externalSetMarkChain"));
+    for (c, key) in conditions.into_iter().zip(["conditionsV4", "conditionsV6"]) {
+        let Some(c) = c else { continue };
+        let b = match c.syntax {
+            Syntax::Iptables => Backend::Iptables,
+            Syntax::Nftables => Backend::Nftables,
+        };
+        match wants {
+            Some((w, by)) if w != b => {
+                return Err(Error::config(format!(
+                    "{key}: written for {}, but {by} is for {}",
+                    backend_name(b),
+                    backend_name(w)
+                )))
+            }
+            _ => wants = Some((b, key)),
+        }
+    }
+    match (configured, wants) {
+        (Backend::Auto, Some((b, _))) => Ok(b),
+        (c, Some((w, by))) if c != w => Err(Error::config(format!(
+            "backend: {} does not support {by}, which is for {}",
+            backend_name(c),
+            backend_name(w)
+        ))),
+        (c, _) => Ok(c),
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Iptables => "iptables",
+        Backend::Nftables => "nftables",
+        Backend::Auto => "auto",
+    }
 }
 
 fn present(v: Option<&Value>) -> Option<&Value> {
@@ -121,21 +190,7 @@ impl Conf {
         let raw = raw
             .as_object()
             .ok_or_else(|| Error::config("network configuration: expected an object"))?;
-        // The reference plugin's hooks into other rule sets: this plugin's
-        // rules live in the host's own table, so it cannot honour them.
-        for key in ["externalSetMarkChain", "conditionsV4", "conditionsV6"] {
-            let set = match present(raw.get(key)) {
-                None => false,
-                Some(Value::String(s)) => !s.is_empty(),
-                Some(Value::Array(a)) => !a.is_empty(),
-                Some(_) => true,
-            };
-            if set {
-                return Err(Error::unsupported(format!(
-                    "{key}: not supported; this portmap keeps its rules in the host's own table and marks connections itself"
-                )));
-            }
-        }
+        let explicit_bit = present(raw.get("markMasqBit")).is_some();
         let mark_masq_bit = match present(raw.get("markMasqBit")) {
             None => DEFAULT_MARK_MASQ_BIT,
             Some(v) => v
@@ -144,11 +199,31 @@ impl Conf {
                 .map(|b| b as u8)
                 .ok_or_else(|| Error::config(format!("markMasqBit: {v} is outside 0-31")))?,
         };
+        let external_set_mark_chain = match present(raw.get("externalSetMarkChain")) {
+            None => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(chain_name(s)?),
+            Some(v) => {
+                return Err(Error::config(format!(
+                    "externalSetMarkChain: expected a chain name, not {v}"
+                )))
+            }
+        };
+        let conditions_v4 = conditions::parse(raw.get("conditionsV4"), "conditionsV4", false)?;
+        let conditions_v6 = conditions::parse(raw.get("conditionsV6"), "conditionsV6", true)?;
+        let backend = choose_backend(
+            parse_backend(raw.get("backend"), "backend")?,
+            explicit_bit || external_set_mark_chain.is_some(),
+            [&conditions_v4, &conditions_v6],
+        )?;
         Ok(Conf {
             snat: as_bool(raw, "snat", true)?,
             masq_all: as_bool(raw, "masqAll", false)?,
             mark_masq_bit,
-            backend: parse_backend(raw.get("backend"), "backend")?,
+            external_set_mark_chain,
+            conditions_v4: conditions_v4.map(|c| c.list).unwrap_or_default(),
+            conditions_v6: conditions_v6.map(|c| c.list).unwrap_or_default(),
+            backend,
             mappings: mappings(raw)?,
         })
     }
@@ -192,14 +267,14 @@ mod tests {
     #[test]
     fn options() {
         let c = parse(
-            r#","snat":false,"masqAll":true,"markMasqBit":0,"backend":"nftables",
+            r#","snat":false,"masqAll":true,"backend":"nftables",
                "externalSetMarkChain":"","conditionsV4":[]"#,
         )
         .unwrap();
         assert!(!c.snat);
         assert!(c.masq_all);
-        assert_eq!(c.mark_masq_bit, 0);
         assert_eq!(c.backend, Backend::Nftables);
+        assert_eq!(parse(r#","markMasqBit":0"#).unwrap().mark_masq_bit, 0);
         assert_eq!(
             parse(r#","markMasqBit":31,"backend":"iptables""#)
                 .unwrap()
@@ -326,17 +401,41 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_keys() {
+    fn iptables_keys_pick_iptables() {
+        let c = parse(r#","externalSetMarkChain":"KUBE-MARK-MASQ""#).unwrap();
+        assert_eq!(c.external_set_mark_chain.as_deref(), Some("KUBE-MARK-MASQ"));
+        assert_eq!(c.backend, Backend::Iptables);
+        assert_eq!(
+            parse(r#","markMasqBit":14"#).unwrap().backend,
+            Backend::Iptables
+        );
+        let c = parse(r#","conditionsV4":["-s","192.0.2.0/24"]"#).unwrap();
+        assert_eq!((c.backend, c.conditions_v4.len()), (Backend::Iptables, 1));
+        let c = parse(r#","conditionsV6":["ip6 saddr 2001:db8::/32"]"#).unwrap();
+        assert_eq!((c.backend, c.conditions_v6.len()), (Backend::Nftables, 1));
+    }
+
+    #[test]
+    fn mixed_backends_refused() {
         for (extra, key) in [
             (
-                r#","externalSetMarkChain":"KUBE-MARK-MASQ""#,
-                "externalSetMarkChain",
+                r#","externalSetMarkChain":"KUBE-MARK-MASQ","backend":"nftables""#,
+                "backend",
             ),
-            (r#","conditionsV4":["-s","1.2.3.4"]"#, "conditionsV4"),
-            (r#","conditionsV6":["ip6 saddr ::1"]"#, "conditionsV6"),
+            (r#","markMasqBit":14,"backend":"nftables""#, "backend"),
+            (
+                r#","conditionsV4":["ip saddr 10.0.0.1"],"backend":"iptables""#,
+                "backend",
+            ),
+            (
+                r#","markMasqBit":14,"conditionsV4":["ip saddr 10.0.0.1"]"#,
+                "conditionsV4",
+            ),
+            (r#","externalSetMarkChain":"A B""#, "externalSetMarkChain"),
+            (r#","externalSetMarkChain":5"#, "externalSetMarkChain"),
         ] {
-            let msg = err(parse(extra), code::UNSUPPORTED_FIELD);
-            assert!(msg.starts_with(&format!("{key}: not supported")), "{msg}");
+            let msg = err(parse(extra), code::INVALID_CONFIG);
+            assert!(msg.starts_with(&format!("{key}:")), "{extra}: {msg}");
         }
     }
 }

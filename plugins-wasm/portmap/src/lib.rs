@@ -19,6 +19,7 @@
 //! The host fills in the rules' owner (network, container ID, interface), so
 //! the plugin can only ever touch its own attachment's rules.
 
+mod conditions;
 mod config;
 mod rules;
 

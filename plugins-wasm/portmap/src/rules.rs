@@ -49,6 +49,9 @@ pub fn options(conf: &Conf, container_ips: &[IpNet]) -> PortOptions {
         masq_all: conf.masq_all,
         subnets,
         mark_masq_bit: conf.mark_masq_bit,
+        external_set_mark_chain: conf.external_set_mark_chain.clone(),
+        conditions_v4: conf.conditions_v4.clone(),
+        conditions_v6: conf.conditions_v6.clone(),
     }
 }
 
