@@ -13,9 +13,10 @@ mod common;
 use common::netns::Netns;
 use wasm_cni_host::bindings::{IpAddress, IpNet};
 use wasm_cni_host::error::code;
-use wasm_cni_host::firewall::iptables::Iptables;
+use wasm_cni_host::firewall::iptables::{Iptables, HOSTPORT_MASQ, MASQ_COMMENT};
 use wasm_cni_host::firewall::{
-    Firewall, Masquerade, Owner, PortMapping, PortOptions, Protocol, RuleKind,
+    Condition, Firewall, Masquerade, MatchField, Owner, PortMapping, PortOptions, Protocol,
+    RuleKind,
 };
 
 /// `iptables-save -t nat` (or ip6tables) in the current thread's namespace.
@@ -145,12 +146,18 @@ fn sorted<T: std::fmt::Debug>(v: Vec<T>) -> Vec<String> {
     s
 }
 
-/// Only our chains hold rules, except one jump from each built-in chain.
+/// Only our chains hold rules, except one jump from each built-in chain
+/// (and, in POSTROUTING, the one to the shared host-port masquerade chain).
 fn assert_only_entry_jumps_in_builtins() {
     for v6 in [false, true] {
         let outside: Vec<String> = rules(v6)
             .into_iter()
             .filter(|l| !l.starts_with("-A WASM-CNI-"))
+            .filter(|l| {
+                l != &format!(
+                    "-A POSTROUTING -m comment --comment \"{MASQ_COMMENT}\" -j {HOSTPORT_MASQ}"
+                )
+            })
             .collect();
         let posts = outside
             .iter()
@@ -326,8 +333,20 @@ fn port_mappings_v4_and_v6_with_and_without_host_ip() {
     });
 }
 
+/// The `-A` lines of `chain` in one family, in order.
+fn in_chain(v6: bool, chain: &str) -> Vec<String> {
+    let head = format!("-A {chain} ");
+    rules(v6)
+        .into_iter()
+        .filter(|l| l.starts_with(&head))
+        .collect()
+}
+
+/// `snat` flags hairpin (the pod subnets) and localhost (IPv4) connections
+/// with the mark bit in the DNAT chain, ahead of the DNAT; `masqAll` flags
+/// every source; one shared rule per bit masquerades what is flagged.
 #[test]
-fn snat_and_masq_all_masquerade_dnated_connections() {
+fn snat_and_masq_all_mark_connections_for_masquerade() {
     let Some(ns) = Netns::new("ipt") else { return };
     ns.run(|| {
         let mut fw = Iptables::new();
@@ -336,39 +355,278 @@ fn snat_and_masq_all_masquerade_dnated_connections() {
             mapping(8080, Protocol::Tcp, None, "10.77.0.5", 80),
             mapping(8080, Protocol::Tcp, None, "fd77::5", 80),
         ];
-        fw.add_port_mappings(&a, &maps_a, &opts(true, false)).unwrap();
-        let (c, snat) = (a.comment(), format!("WASM-CNI-{}-S", tag_hex(&a)));
-        let v4 = saved(false);
-        for line in [
-            format!("-A WASM-CNI-POSTROUTING -d 10.77.0.5/32 -m conntrack --ctstate DNAT -m comment --comment \"{c}\" -j {snat}"),
-            format!("-A {snat} -s 10.77.0.0/24 -d 10.77.0.5/32 -m conntrack --ctstate DNAT -m comment --comment \"{c}\" -j MASQUERADE"),
-            format!("-A {snat} -s 127.0.0.0/8 -d 10.77.0.5/32 -m conntrack --ctstate DNAT -m comment --comment \"{c}\" -j MASQUERADE"),
-        ] {
-            assert!(v4.lines().any(|l| l == line), "missing {line}\n{v4}");
+        let mut o = opts(true, false);
+        o.mark_masq_bit = 14;
+        fw.add_port_mappings(&a, &maps_a, &o).unwrap();
+        let (c, dnat) = (a.comment(), format!("WASM-CNI-{}-D", tag_hex(&a)));
+        let port = "-p tcp -m tcp --dport 8080";
+        let mark = "-j MARK --set-xmark 0x4000/0x4000";
+        let v4 = in_chain(false, &dnat);
+        assert_eq!(v4.len(), 3, "{v4:#?}");
+        for src in ["10.77.0.0/24", "127.0.0.0/8"] {
+            let line = format!("-A {dnat} -s {src} {port} -m comment --comment \"{c}\" {mark}");
+            assert!(v4[..2].contains(&line), "missing {line} before the DNAT: {v4:#?}");
         }
-        let v6 = saved(true);
-        let line = format!("-A {snat} -s fd77::/64 -d fd77::5/128 -m conntrack --ctstate DNAT -m comment --comment \"{c}\" -j MASQUERADE");
-        assert!(v6.lines().any(|l| l == line), "missing {line}\n{v6}");
-        assert!(!v6.contains("127.0.0.0/8") && !v6.contains("::1/128"), "{v6}");
-        let in_chain = |s: &str, ch: &str| s.lines().filter(|l| l.starts_with(&format!("-A {ch} "))).count();
-        assert_eq!(in_chain(&v4, &snat), 2, "{v4}");
-        assert_eq!(in_chain(&v6, &snat), 1, "{v6}");
+        assert!(v4[2].ends_with("-j DNAT --to-destination 10.77.0.5:80"), "{v4:#?}");
+        let v6 = in_chain(true, &dnat);
+        assert_eq!(
+            v6[0],
+            format!("-A {dnat} -s fd77::/64 {port} -m comment --comment \"{c}\" {mark}")
+        );
+        assert_eq!(v6.len(), 2, "{v6:#?}");
+        for v6 in [false, true] {
+            assert_eq!(
+                in_chain(v6, HOSTPORT_MASQ),
+                [format!(
+                    "-A {HOSTPORT_MASQ} -m mark --mark 0x4000/0x4000 -m comment --comment \"{MASQ_COMMENT}\" -j MASQUERADE"
+                )]
+            );
+            // First in POSTROUTING, ahead of anything that would accept
+            // pod-subnet traffic unmasqueraded.
+            let post = in_chain(v6, "POSTROUTING");
+            assert!(post[0].ends_with(&format!("-j {HOSTPORT_MASQ}")), "{post:#?}");
+        }
+        assert!(!state().contains("--ctstate DNAT"), "{}", state());
 
+        // masqAll on bit 13: every source flagged; a second rule for that
+        // bit, the one for 14 kept, none added twice.
         let maps_b = vec![mapping(9090, Protocol::Udp, None, "10.77.0.6", 90)];
         fw.add_port_mappings(&b, &maps_b, &opts(true, true)).unwrap();
-        let (cb, snat_b) = (b.comment(), format!("WASM-CNI-{}-S", tag_hex(&b)));
-        let v4 = saved(false);
-        let line = format!("-A {snat_b} -d 10.77.0.6/32 -m conntrack --ctstate DNAT -m comment --comment \"{cb}\" -j MASQUERADE");
-        assert!(v4.lines().any(|l| l == line), "missing {line}\n{v4}");
-        assert_eq!(in_chain(&v4, &snat_b), 1, "{v4}");
-        assert!(!saved(true).contains(&snat_b));
+        fw.add_port_mappings(&b, &maps_b, &opts(true, true)).unwrap();
+        let dnat_b = format!("WASM-CNI-{}-D", tag_hex(&b));
+        assert_eq!(
+            in_chain(false, &dnat_b)[0],
+            format!(
+                "-A {dnat_b} -p udp -m udp --dport 9090 -m comment --comment \"{}\" -j MARK --set-xmark 0x2000/0x2000",
+                b.comment()
+            )
+        );
+        assert_eq!(in_chain(false, &dnat_b).len(), 2);
+        let masq = in_chain(false, HOSTPORT_MASQ);
+        assert_eq!(masq.len(), 2, "{masq:#?}");
+        assert!(masq[1].contains("--mark 0x2000/0x2000"), "{masq:#?}");
+        assert_eq!(in_chain(true, HOSTPORT_MASQ).len(), 1);
+        assert_only_entry_jumps_in_builtins();
+
+        // Removal takes the attachment's chains; the shared rules stay.
+        fw.remove(&a, RuleKind::PortMappings).unwrap();
+        fw.remove(&b, RuleKind::PortMappings).unwrap();
+        assert!(owned_lines(&a).is_empty() && owned_lines(&b).is_empty());
+        assert!(owned_chains(&a).is_empty() && owned_chains(&b).is_empty());
+        assert!(!state().contains("DNAT"), "{}", state());
+        assert_eq!(in_chain(false, HOSTPORT_MASQ).len(), 2);
+    });
+}
+
+fn external(chain: &str) -> PortOptions {
+    PortOptions {
+        external_set_mark_chain: Some(chain.into()),
+        ..opts(true, false)
+    }
+}
+
+/// `externalSetMarkChain`: the DNAT chain jumps to the other system's chain
+/// for the connections to masquerade, and no mark or masquerade rule of
+/// ours is written; a chain that is not there fails the addition, naming
+/// the option and the chain, with nothing written in either family.
+#[test]
+fn external_set_mark_chain_is_jumped_to_instead_of_marking() {
+    let Some(ns) = Netns::new("ipt") else { return };
+    ns.run(|| {
+        let mut fw = Iptables::new();
+        let a = owner("testnet", "a");
+        let maps = vec![
+            mapping(8080, Protocol::Tcp, None, "10.77.0.5", 80),
+            mapping(8080, Protocol::Tcp, None, "fd77::5", 80),
+        ];
+        // Only in the IPv4 nat table yet.
+        let ok = Command::new("iptables")
+            .args(["-t", "nat", "-N", "KUBE-MARK-MASQ"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "iptables -N KUBE-MARK-MASQ");
+        let before = state();
+        for (chain, table) in [("KUBE-MARK-MASQ", "ip6tables"), ("NO-SUCH-CHAIN", "iptables")] {
+            let e = fw
+                .add_port_mappings(&a, &maps, &external(chain))
+                .unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+            assert!(e.msg.starts_with("externalSetMarkChain: "), "{e}");
+            assert!(e.msg.contains(&format!("chain {chain} does not exist in the nat table of {table}")), "{e}");
+            assert_eq!(state(), before, "a failed addition left rules");
+        }
+
+        let ok = Command::new("ip6tables")
+            .args(["-t", "nat", "-N", "KUBE-MARK-MASQ"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip6tables -N KUBE-MARK-MASQ");
+        fw.add_port_mappings(&a, &maps, &external("KUBE-MARK-MASQ"))
+            .expect("add");
+        let (c, dnat) = (a.comment(), format!("WASM-CNI-{}-D", tag_hex(&a)));
+        let v4 = in_chain(false, &dnat);
+        for src in ["10.77.0.0/24", "127.0.0.0/8"] {
+            let line = format!(
+                "-A {dnat} -s {src} -p tcp -m tcp --dport 8080 -m comment --comment \"{c}\" -j KUBE-MARK-MASQ"
+            );
+            assert!(v4.contains(&line), "missing {line}: {v4:#?}");
+        }
+        assert!(in_chain(true, &dnat)[0].contains("-s fd77::/64 "));
+        assert!(in_chain(true, &dnat)[0].ends_with("-j KUBE-MARK-MASQ"));
+        let all = state();
+        assert!(!all.contains("MARK --set-xmark"), "{all}");
+        assert!(!all.contains(HOSTPORT_MASQ), "{all}");
         assert_only_entry_jumps_in_builtins();
 
         fw.remove(&a, RuleKind::PortMappings).unwrap();
-        fw.remove(&b, RuleKind::PortMappings).unwrap();
-        assert!(!state().contains("MASQUERADE"), "{}", state());
-        assert!(!state().contains("DNAT"), "{}", state());
+        assert!(owned_lines(&a).is_empty(), "{:#?}", owned_lines(&a));
+        assert!(owned_chains(&a).is_empty());
+        assert!(!state().contains("-j KUBE-MARK-MASQ"), "{}", state());
+
+        // The IPv6 transaction fails in the kernel (its external chain leads
+        // back into our entry chain: a loop) after the IPv4 one went in:
+        // the IPv4 rules are taken out again.
+        let ok = Command::new("ip6tables")
+            .args(["-t", "nat", "-A", "KUBE-MARK-MASQ", "-j", "WASM-CNI-OUTPUT"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip6tables -A KUBE-MARK-MASQ");
+        let before = state();
+        let e = fw
+            .add_port_mappings(&a, &maps, &external("KUBE-MARK-MASQ"))
+            .unwrap_err();
+        assert_eq!(e.code, code::IO_FAILURE, "{e}");
+        assert!(e.msg.contains("ip6tables-restore"), "{e}");
+        assert_eq!(state(), before, "a failed addition left rules");
     });
+}
+
+/// `conditionsV4` / `conditionsV6` narrow the rules that lead into the
+/// attachment's DNAT chain, each family its own.
+#[test]
+fn conditions_narrow_the_jumps_into_the_dnat_chain() {
+    let Some(ns) = Netns::new("ipt") else { return };
+    ns.run(|| {
+        let mut fw = Iptables::new();
+        let a = owner("testnet", "a");
+        let maps = vec![
+            mapping(8080, Protocol::Tcp, None, "10.77.0.5", 80),
+            mapping(8080, Protocol::Tcp, None, "fd77::5", 80),
+        ];
+        let mut o = opts(true, false);
+        o.conditions_v4 = vec![
+            Condition {
+                negate: true,
+                field: MatchField::InInterface("eth1".into()),
+            },
+            Condition {
+                negate: true,
+                field: MatchField::Source(net("192.0.2.7/32")),
+            },
+        ];
+        o.conditions_v6 = vec![Condition {
+            negate: false,
+            field: MatchField::Destination(net("fd00::1/128")),
+        }];
+        fw.add_port_mappings(&a, &maps, &o).expect("add");
+        let (c, dnat) = (a.comment(), format!("WASM-CNI-{}-D", tag_hex(&a)));
+        let tail = format!("-p tcp -m tcp --dport 8080 -m comment --comment \"{c}\" -j {dnat}");
+        for entry in ["WASM-CNI-PREROUTING", "WASM-CNI-OUTPUT"] {
+            assert_eq!(
+                in_chain(false, entry),
+                [format!("-A {entry} ! -s 192.0.2.7/32 ! -i eth1 {tail}")]
+            );
+            assert_eq!(
+                in_chain(true, entry),
+                [format!("-A {entry} -d fd00::1/128 {tail}")]
+            );
+        }
+        // Inside the chain nothing changes.
+        assert!(in_chain(false, &dnat)
+            .iter()
+            .all(|l| !l.contains("192.0.2.7")));
+        let before = state();
+        fw.add_port_mappings(&a, &maps, &o).expect("add again");
+        assert_eq!(state(), before);
+
+        // Two source conditions cannot share one iptables rule.
+        o.conditions_v4.push(Condition {
+            negate: false,
+            field: MatchField::Source(net("192.0.2.0/24")),
+        });
+        let b = owner("testnet", "b");
+        let e = fw
+            .add_port_mappings(
+                &b,
+                &[mapping(8081, Protocol::Tcp, None, "10.77.0.6", 80)],
+                &o,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+        assert!(e.msg.starts_with("conditionsV4: "), "{e}");
+        assert_eq!(state(), before);
+
+        fw.remove(&a, RuleKind::PortMappings).unwrap();
+        assert!(owned_lines(&a).is_empty(), "{:#?}", owned_lines(&a));
+        for v6 in [false, true] {
+            assert!(in_chain(v6, "WASM-CNI-PREROUTING").is_empty());
+            assert!(in_chain(v6, "WASM-CNI-OUTPUT").is_empty());
+        }
+    });
+}
+
+/// A backend without its marker has never added rules since boot: remove,
+/// list and GC return at once and touch nothing — even rules that are
+/// there (written here by a backend with another marker) stay. Its first
+/// addition leaves the marker, and from then on it removes.
+#[test]
+fn a_backend_never_used_since_boot_reads_and_removes_nothing() {
+    let Some(ns) = Netns::new("ipt") else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (used, fresh) = (
+        dir.path().join("a/iptables.used"),
+        dir.path().join("b/iptables.used"),
+    );
+    let (u, f) = (used.clone(), fresh.clone());
+    ns.run(move || {
+        let a = owner("testnet", "a");
+        let maps = vec![mapping(8080, Protocol::Tcp, None, "10.77.0.5", 80)];
+        let mut writer = Iptables::with_marker(&u);
+        writer.add_masquerade(&a, &[masq("10.77.0.5/24")]).unwrap();
+        writer
+            .add_port_mappings(&a, &maps, &opts(true, false))
+            .unwrap();
+        assert!(u.is_file(), "no marker after the first addition");
+        let before = state();
+
+        let mut unused = Iptables::with_marker(&f);
+        unused.remove(&a, RuleKind::PortMappings).expect("remove");
+        unused.remove(&a, RuleKind::Masquerade).expect("remove");
+        unused
+            .gc("testnet", RuleKind::PortMappings, &[])
+            .expect("gc");
+        let owned = unused.list(&a, RuleKind::PortMappings).expect("list");
+        assert!(owned.port_mappings.is_empty() && owned.masquerade.is_empty());
+        assert_eq!(
+            state(),
+            before,
+            "a backend without its marker changed rules"
+        );
+        assert!(!f.exists());
+
+        // The writer, which has its marker, sees and removes them.
+        assert_eq!(
+            writer
+                .list(&a, RuleKind::PortMappings)
+                .unwrap()
+                .port_mappings,
+            maps
+        );
+        writer.remove(&a, RuleKind::PortMappings).unwrap();
+        writer.remove(&a, RuleKind::Masquerade).unwrap();
+        assert!(owned_lines(&a).is_empty(), "{:#?}", owned_lines(&a));
+    });
+    assert!(used.is_file() && !fresh.exists());
 }
 
 #[test]

@@ -6,31 +6,57 @@
 //!   to once from the built-in chain of the same name (PREROUTING and OUTPUT
 //!   only for `-m addrtype --dst-type LOCAL`); those three jumps carry the
 //!   comment [`BASE_COMMENT`] and are never removed.
+//! - `WASM-CNI-HOSTPORT-MASQ` (shared, created when first needed, never
+//!   removed): one `-m mark --mark M/M -j MASQUERADE` per mark bit in use
+//!   (`markMasqBit`; networks may use different bits); jumped to from the
+//!   top of the built-in `POSTROUTING` (comment [`MASQ_COMMENT`]), ahead of
+//!   masquerade rules of other plugins that `ACCEPT` pod-subnet traffic.
 //! - per attachment, `WASM-CNI-<16 hex of the owner tag>-<kind>`:
 //!   - `-M` (masquerade): `-s pod -d subnet -j RETURN`, then
 //!     `-s pod ! -d 224.0.0.0/4|ff00::/8 -j MASQUERADE`; jumped to from
 //!     `WASM-CNI-POSTROUTING` by `-s pod`;
-//!   - `-D` (host ports): one `[-d hostIP] -p P --dport H -j DNAT
-//!     --to-destination pod:port` per mapping; jumped to from
-//!     `WASM-CNI-PREROUTING` and `WASM-CNI-OUTPUT` by `-p P --dport H`;
-//!   - `-S` (host-port masquerade): `[-s source] -d pod -m conntrack
-//!     --ctstate DNAT -j MASQUERADE` for each hairpin subnet and
-//!     127.0.0.0/8 (`snat`), or for any source (`masqAll`); jumped to from
-//!     `WASM-CNI-POSTROUTING` by `-d pod -m conntrack --ctstate DNAT`.
+//!   - `-D` (host ports): per mapping, first the connections that must be
+//!     masqueraded are flagged — `[-s source] [-d hostIP] -p P --dport H -j
+//!     MARK --set-xmark M/M` (M = `1 << markMasqBit`) for each pod subnet
+//!     and 127.0.0.0/8 (`snat`), or for every source (`masqAll`); with
+//!     `externalSetMarkChain` the same rules jump to that chain instead
+//!     (`-j KUBE-MARK-MASQ`) and the other system masquerades them — then
+//!     `[-d hostIP] -p P --dport H -j DNAT --to-destination pod:port`;
+//!     jumped to from `WASM-CNI-PREROUTING` and `WASM-CNI-OUTPUT` by
+//!     `[conditions] -p P --dport H`, where the conditions are the
+//!     family's `conditionsV4` / `conditionsV6` (`[!] -s`, `[!] -d`,
+//!     `[!] -i`).
 //!
-//! Host-port masquerading matches conntrack's DNAT state rather than a
-//! packet mark, so `markMasqBit` is not used and no mark bit is shared with
-//! kube-proxy, Calico or the reference portmap plugin.
+//! The mark is set in `nat` PREROUTING/OUTPUT on a connection's first
+//! packet, so the masquerade decision in POSTROUTING covers the whole
+//! connection; the bit is only ever set (`--set-xmark M/M`), never cleared,
+//! as in the reference portmap plugin, so a bit shared with kube-proxy's
+//! `KUBE-MARK-MASQ` (0x4000) means the same thing to both. Chains `-S` of
+//! an earlier layout (host-port masquerade by conntrack state) are still
+//! removed with an attachment's host ports.
 //!
-//! Every rule in those chains carries `-m comment --comment
-//! "<owner.comment()>"`, so DEL, CHECK and GC select an attachment's rules by
-//! the tag that starts the comment; the kind is the suffix of the chain the
-//! rule is in or jumps to. An addition is one `iptables-restore --noflush -w`
-//! per family, built from an `iptables-save -t nat` taken under a lock
-//! (`/run/wasm-cni/iptables.lock`): chains are declared only when missing
-//! (declaring an existing chain would flush it), rules already there are not
-//! added again, and a removal deletes the jumps, then flushes and deletes the
-//! attachment's chains in the same transaction.
+//! Every rule in the per-attachment chains, and every jump to them, carries
+//! `-m comment --comment "<owner.comment()>"`, so DEL, CHECK and GC select
+//! an attachment's rules by the tag that starts the comment; the kind is the
+//! suffix of the chain the rule is in or jumps to. An addition is one
+//! `iptables-restore --noflush -w` per family, built from an `iptables-save
+//! -t nat` taken under a lock (`/run/wasm-cni/iptables.lock`): chains are
+//! declared only when missing (declaring an existing chain would flush it),
+//! rules already there are not added again, and every check (host ports
+//! taken, `externalSetMarkChain` missing) runs for both families before
+//! either is written; should the second family's transaction fail anyway,
+//! what the first one added is taken out again. A removal deletes the
+//! jumps, then flushes and deletes the attachment's chains in the same
+//! transaction.
+//!
+//! Every DEL (and GC, and CHECK's listing) asks each installed backend,
+//! so a node that never used this one would pay for two `iptables-save`
+//! runs per DEL. The first addition therefore leaves the marker
+//! `/run/wasm-cni/iptables.used` (written before the rules, so a crash in
+//! between cannot leave rules the marker does not announce); without it,
+//! remove, list and GC return at once without running anything. `/run` is
+//! a tmpfs: the marker goes at reboot together with the rules it stands
+//! for, which live only in the kernel.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -41,8 +67,8 @@ use std::process::{Command, Stdio};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    parse_protocol, protocol_name, stale, Firewall, Masquerade, Owned, Owner, PortMapping,
-    PortOptions, Protocol, RuleKind,
+    parse_protocol, protocol_name, stale, Condition, Firewall, Masquerade, MatchField, Owned,
+    Owner, PortMapping, PortOptions, Protocol, RuleKind,
 };
 use crate::bindings::{IpAddress, IpNet};
 use crate::error::{code, Error, Result};
@@ -56,6 +82,12 @@ pub const OUTPUT: &str = "WASM-CNI-OUTPUT";
 pub const CHAIN_PREFIX: &str = "WASM-CNI-";
 /// The comment on the three jumps from the built-in chains.
 pub const BASE_COMMENT: &str = "wasm-cni: pod masquerade and host ports";
+/// The shared chain masquerading host-port connections by their mark.
+pub const HOSTPORT_MASQ: &str = "WASM-CNI-HOSTPORT-MASQ";
+/// The comment on the jump to [`HOSTPORT_MASQ`] and on its rules.
+pub const MASQ_COMMENT: &str = "wasm-cni: host-port connections marked for masquerade";
+/// Present once this backend has added rules since boot (see the module doc).
+pub const USED_MARKER: &str = "/run/wasm-cni/iptables.used";
 
 const LOCK_DIR: &str = "/run/wasm-cni";
 const LOCK_FILE: &str = "/run/wasm-cni/iptables.lock";
@@ -64,7 +96,8 @@ const LOCK_FILE: &str = "/run/wasm-cni/iptables.lock";
 const MASQ: char = 'M';
 /// Suffix of the per-attachment host-port DNAT chain.
 const DNAT: char = 'D';
-/// Suffix of the per-attachment host-port masquerade chain.
+/// Suffix of the per-attachment host-port masquerade chain of an earlier
+/// layout; no longer created, still removed.
 const SNAT: char = 'S';
 
 fn suffixes(kind: RuleKind) -> &'static [char] {
@@ -183,6 +216,59 @@ fn network(n: &IpNet) -> String {
         IpAddr::from(net.to_be_bytes())
     };
     format!("{addr}/{len}")
+}
+
+/// `markMasqBit` as iptables-save prints the mark and its mask:
+/// `0x2000/0x2000` for bit 13.
+fn mark_text(bit: u8) -> Result<String> {
+    let value = 1u32
+        .checked_shl(bit.into())
+        .ok_or_else(|| Error::config(format!("markMasqBit: {bit} is outside 0-31")))?;
+    Ok(format!("{value:#x}/{value:#x}"))
+}
+
+/// The words of one family's conditions, in the order iptables-save
+/// prints them (`[!] -s`, `[!] -d`, `[!] -i`). iptables takes each of
+/// these once per rule, so a second condition on the same field is
+/// refused; `-s 0.0.0.0/0` (any) adds nothing, and its negation, which
+/// would match no traffic at all, is refused.
+fn condition_words(key: &str, conditions: &[Condition]) -> Result<Vec<String>> {
+    let mut slots: [Option<(bool, String)>; 3] = [None, None, None];
+    for c in conditions {
+        let (slot, value, any) = match &c.field {
+            MatchField::Source(n) => (0, network(n), n.prefix_len == 0),
+            MatchField::Destination(n) => (1, network(n), n.prefix_len == 0),
+            MatchField::InInterface(name) => (2, name.clone(), false),
+        };
+        let flag = ["-s", "-d", "-i"][slot];
+        let shown = format!("{}{flag} {value}", if c.negate { "! " } else { "" });
+        if any {
+            if c.negate {
+                return Err(Error::config(format!(
+                    "{key}: \"{shown}\" matches no traffic; remove the mappings instead"
+                )));
+            }
+            continue;
+        }
+        if let Some((neg, old)) = &slots[slot] {
+            return Err(Error::config(format!(
+                "{key}: \"{shown}\" and \"{}{flag} {old}\": iptables takes one {flag} per rule",
+                if *neg { "! " } else { "" }
+            )));
+        }
+        slots[slot] = Some((c.negate, value));
+    }
+    let mut words = Vec::new();
+    for (slot, flag) in slots.into_iter().zip(["-s", "-d", "-i"]) {
+        if let Some((negate, value)) = slot {
+            if negate {
+                words.push("!".to_string());
+            }
+            words.push(flag.to_string());
+            words.push(value);
+        }
+    }
+    Ok(words)
 }
 
 /// `ip:port`, `[ip6]:port`.
@@ -366,6 +452,10 @@ impl Spec {
     fn comment(self, c: &str) -> Spec {
         self.arg(&["-m", "comment", "--comment", c])
     }
+    fn words(mut self, words: &[String]) -> Spec {
+        self.0.extend_from_slice(words);
+        self
+    }
     fn jump(self, target: &str) -> Spec {
         self.arg(&["-j", target])
     }
@@ -436,8 +526,43 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// The shared chain masquerading connections marked with `mark`, the
+    /// jump to it first in `POSTROUTING`, and the rule for this mark.
+    fn masquerade_mark(&mut self, mark: &str) {
+        self.chain(HOSTPORT_MASQ);
+        self.insert(
+            "POSTROUTING",
+            Spec::new().comment(MASQ_COMMENT).jump(HOSTPORT_MASQ),
+        );
+        let rule = Spec::new()
+            .arg(&["-m", "mark", "--mark", mark])
+            .comment(MASQ_COMMENT)
+            .jump("MASQUERADE");
+        self.append(HOSTPORT_MASQ, rule);
+    }
+
     fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.lines.is_empty()
+    }
+
+    /// The transaction taking this batch out again: its rules in chains
+    /// that were there before, then the chains it declared.
+    fn undo_script(&self) -> String {
+        let mut s = String::from("*nat\n");
+        for (chain, words) in &self.added {
+            if !self.chains.contains(chain) {
+                let words: Vec<String> = words.iter().map(|w| quote(w)).collect();
+                s += &format!("-D {chain} {}\n", words.join(" "));
+            }
+        }
+        for c in &self.chains {
+            s += &format!("-F {c}\n");
+        }
+        for c in &self.chains {
+            s += &format!("-X {c}\n");
+        }
+        s += "COMMIT\n";
+        s
     }
 
     fn script(&self) -> String {
@@ -657,16 +782,50 @@ fn removal(
     s
 }
 
-pub struct Iptables;
+pub struct Iptables {
+    /// [`USED_MARKER`], or another path for tests.
+    marker: PathBuf,
+}
 
 impl Iptables {
     pub fn new() -> Self {
-        Iptables
+        Self::with_marker(USED_MARKER)
+    }
+
+    /// A backend that records its first use at `marker` instead of
+    /// [`USED_MARKER`].
+    pub fn with_marker(marker: impl Into<PathBuf>) -> Self {
+        Iptables {
+            marker: marker.into(),
+        }
+    }
+
+    /// Whether this backend may have rules on the node: its marker exists
+    /// (or cannot be looked at, in which case the rules are read anyway).
+    fn used(&self) -> bool {
+        !matches!(self.marker.try_exists(), Ok(false))
+    }
+
+    fn mark_used(&self) -> Result<()> {
+        if let Ok(true) = self.marker.try_exists() {
+            return Ok(());
+        }
+        let show = self.marker.display();
+        if let Some(dir) = self.marker.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}: {e}", dir.display())))?;
+        }
+        fs::write(&self.marker, b"").map_err(|e| Error::io(format!("write the marker {show}: {e}")))
     }
 
     /// Removes, per family, the chains of `kind` of the tags `pick` selects.
-    fn delete_where(kind: RuleKind, pick: &dyn Fn(&str) -> bool, also: Option<&str>) -> Result<()> {
-        if !Family::ALL.iter().any(|f| find(f.save()).is_some()) {
+    fn delete_where(
+        &self,
+        kind: RuleKind,
+        pick: &dyn Fn(&str) -> bool,
+        also: Option<&str>,
+    ) -> Result<()> {
+        if !self.used() || !Family::ALL.iter().any(|f| find(f.save()).is_some()) {
             return Ok(());
         }
         let _lock = lock()?;
@@ -680,8 +839,11 @@ impl Iptables {
         Ok(())
     }
 
-    /// Builds one batch per family against the saved table and applies it.
-    fn add(fams: &[Family], build: impl Fn(Family, &mut Batch) -> Result<()>) -> Result<()> {
+    /// Builds one batch per family against the saved tables, then applies
+    /// them; nothing is written unless every family's batch was built, and
+    /// a family that fails to apply takes the ones applied before it out
+    /// again.
+    fn add(&self, fams: &[Family], build: impl Fn(Family, &mut Batch) -> Result<()>) -> Result<()> {
         if fams.is_empty() {
             return Ok(());
         }
@@ -693,6 +855,7 @@ impl Iptables {
             }
         }
         let _lock = lock()?;
+        let mut tables = Vec::new();
         for &family in fams {
             let table = save(family)?.ok_or_else(|| {
                 Error::io(format!(
@@ -700,12 +863,29 @@ impl Iptables {
                     family.save()
                 ))
             })?;
-            let mut batch = Batch::new(&table);
+            tables.push((family, table));
+        }
+        let mut scripts = Vec::new();
+        for (family, table) in &tables {
+            let mut batch = Batch::new(table);
             batch.base();
-            build(family, &mut batch)?;
+            build(*family, &mut batch)?;
             if !batch.is_empty() {
-                restore(family, &batch.script())?;
+                scripts.push((*family, batch.script(), batch.undo_script()));
             }
+        }
+        self.mark_used()?;
+        let mut applied: Vec<(Family, String)> = Vec::new();
+        for (family, script, undo) in scripts {
+            if let Err(e) = restore(family, &script) {
+                for (f, u) in applied.iter().rev() {
+                    if let Err(u_err) = restore(*f, u) {
+                        tracing::warn!("take back the {} rules: {}", f.restore(), u_err.msg);
+                    }
+                }
+                return Err(e);
+            }
+            applied.push((family, undo));
         }
         Ok(())
     }
@@ -733,7 +913,7 @@ impl Firewall for Iptables {
         let c = comment_text(owner);
         let chain = owner_chain(owner, MASQ);
         let fams = families(rules.iter().map(|r| r.source.ip()));
-        Self::add(&fams, |family, batch| {
+        self.add(&fams, |family, batch| {
             batch.chain(&chain);
             for r in rules.iter().filter(|r| Family::of(r.source.ip()) == family) {
                 let pod = host(r.source.ip());
@@ -771,15 +951,58 @@ impl Firewall for Iptables {
     ) -> Result<()> {
         let c = comment_text(owner);
         let dnat = owner_chain(owner, DNAT);
-        let snat = owner_chain(owner, SNAT);
         let fams = families(maps.iter().map(|m| m.container_ip.into()));
-        Self::add(&fams, |family, batch| {
+        let conditions_v4 = condition_words("conditionsV4", &opts.conditions_v4)?;
+        let conditions_v6 = condition_words("conditionsV6", &opts.conditions_v6)?;
+        // What flags a connection for masquerading: our mark, or a jump to
+        // the chain of the system that masquerades it.
+        let (flag, own_mark) = match &opts.external_set_mark_chain {
+            Some(chain) => (vec!["-j".to_string(), chain.clone()], None),
+            None => {
+                let mark = mark_text(opts.mark_masq_bit)?;
+                let words = ["-j", "MARK", "--set-xmark", &mark].map(str::to_string);
+                (words.to_vec(), Some(mark))
+            }
+        };
+        self.add(&fams, |family, batch| {
             let ours: Vec<&PortMapping> = maps
                 .iter()
                 .filter(|m| Family::of(m.container_ip.into()) == family)
                 .collect();
+            // The sources whose connections are masqueraded; `None` is any.
+            let sources: Vec<Option<String>> = if opts.masq_all {
+                vec![None]
+            } else if opts.snat {
+                let mut s: Vec<Option<String>> = opts
+                    .subnets
+                    .iter()
+                    .filter(|n| Family::of(n.ip()) == family)
+                    .map(|n| (n.prefix_len > 0).then(|| network(n)))
+                    .collect();
+                if family == Family::V4 {
+                    s.push(Some("127.0.0.0/8".into()));
+                }
+                s
+            } else {
+                vec![]
+            };
+            if !sources.is_empty() {
+                if let Some(chain) = &opts.external_set_mark_chain {
+                    if !batch.table.chains.contains(chain) {
+                        return Err(Error::config(format!(
+                            "externalSetMarkChain: chain {chain} does not exist in the nat \
+                             table of {} (it is created by the system that masquerades the \
+                             marked connections, e.g. kube-proxy's KUBE-MARK-MASQ)",
+                            family.save().trim_end_matches("-save")
+                        )));
+                    }
+                }
+            }
+            let conditions = match family {
+                Family::V4 => &conditions_v4,
+                Family::V6 => &conditions_v6,
+            };
             let existing: Vec<Dnat> = batch.table.rules.iter().filter_map(parse_dnat).collect();
-            let mut pods: Vec<IpAddr> = Vec::new();
             batch.chain(&dnat);
             for (i, m) in ours.iter().enumerate() {
                 let pod: IpAddr = m.container_ip.into();
@@ -815,6 +1038,17 @@ impl Firewall for Iptables {
                     ));
                 }
                 let hip = m.host_ip.map(|h| host(h.into()));
+                // Flagged first (inserted at the top of the chain, so also
+                // ahead of a DNAT rule an earlier addition left), then DNAT.
+                for src in &sources {
+                    let rule = Spec::new()
+                        .src(src.as_deref())
+                        .dst(hip.as_deref())
+                        .port(m.protocol, m.host_port)
+                        .comment(&c)
+                        .words(&flag);
+                    batch.insert(&dnat, rule);
+                }
                 let to = endpoint(pod, m.container_port);
                 let rule = Spec::new()
                     .dst(hip.as_deref())
@@ -824,68 +1058,32 @@ impl Firewall for Iptables {
                 batch.append(&dnat, rule);
                 for entry in [PREROUTING, OUTPUT] {
                     let jump = Spec::new()
+                        .words(conditions)
                         .port(m.protocol, m.host_port)
                         .comment(&c)
                         .jump(&dnat);
                     batch.append(entry, jump);
                 }
-                if !pods.contains(&pod) {
-                    pods.push(pod);
-                }
             }
-            let sources: Vec<Option<String>> = if opts.masq_all {
-                vec![None]
-            } else if opts.snat {
-                let mut s: Vec<Option<String>> = opts
-                    .subnets
-                    .iter()
-                    .filter(|n| Family::of(n.ip()) == family)
-                    .map(|n| Some(network(n)))
-                    .collect();
-                if family == Family::V4 {
-                    s.push(Some("127.0.0.0/8".into()));
+            if let Some(mark) = &own_mark {
+                if !sources.is_empty() && !ours.is_empty() {
+                    batch.masquerade_mark(mark);
                 }
-                s
-            } else {
-                vec![]
-            };
-            if sources.is_empty() || pods.is_empty() {
-                return Ok(());
-            }
-            batch.chain(&snat);
-            let dnated = ["-m", "conntrack", "--ctstate", "DNAT"];
-            for pod in pods {
-                let pod = host(pod);
-                for src in &sources {
-                    let rule = Spec::new()
-                        .src(src.as_deref().filter(|s| !s.ends_with("/0")))
-                        .dst(Some(&pod))
-                        .arg(&dnated)
-                        .comment(&c)
-                        .jump("MASQUERADE");
-                    batch.append(&snat, rule);
-                }
-                let jump = Spec::new()
-                    .dst(Some(&pod))
-                    .arg(&dnated)
-                    .comment(&c)
-                    .jump(&snat);
-                batch.append(POSTROUTING, jump);
             }
             Ok(())
         })
         .map_err(|e| {
-            if e.code == code::ALREADY_EXISTS {
-                e
-            } else {
+            if e.code == code::IO_FAILURE {
                 e.context("add port mappings")
+            } else {
+                e
             }
         })
     }
 
     fn remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
         let tag = owner.tag();
-        Self::delete_where(kind, &|c| owner.owns(c), Some(&tag))
+        self.delete_where(kind, &|c| owner.owns(c), Some(&tag))
             .map_err(|e| e.context(format!("remove the iptables rules of {tag}")))
     }
 
@@ -894,6 +1092,9 @@ impl Firewall for Iptables {
             masquerade: vec![],
             port_mappings: vec![],
         };
+        if !self.used() {
+            return Ok(owned);
+        }
         for family in Family::ALL {
             let Some(table) = save(family)? else { continue };
             for r in table.rules.iter().filter(|r| owner.owns(r.comment())) {
@@ -915,7 +1116,7 @@ impl Firewall for Iptables {
     }
 
     fn gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
-        Self::delete_where(kind, &|c| stale(c, network, valid), None)
+        self.delete_where(kind, &|c| stale(c, network, valid), None)
             .map_err(|e| e.context(format!("garbage-collect the iptables rules of {network}")))
     }
 }
@@ -955,6 +1156,67 @@ mod tests {
         };
         assert_eq!(network(&n), "10.1.0.0/20");
         assert_eq!(failed_line("iptables-restore: line 4 failed"), Some(4));
+    }
+
+    fn cond(negate: bool, field: MatchField) -> Condition {
+        Condition { negate, field }
+    }
+
+    fn net(s: &str) -> IpNet {
+        let (a, l) = s.split_once('/').unwrap();
+        IpNet {
+            addr: a.parse::<IpAddr>().unwrap().into(),
+            prefix_len: l.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn mark_bits_and_conditions_as_saved() {
+        assert_eq!(mark_text(13).unwrap(), "0x2000/0x2000");
+        assert_eq!(mark_text(0).unwrap(), "0x1/0x1");
+        assert_eq!(mark_text(31).unwrap(), "0x80000000/0x80000000");
+        assert_eq!(mark_text(32).unwrap_err().code, code::INVALID_CONFIG);
+
+        // Printed in iptables-save's order whatever the order given.
+        let list = [
+            cond(true, MatchField::InInterface("eth1".into())),
+            cond(false, MatchField::Destination(net("10.1.2.3/16"))),
+            cond(true, MatchField::Source(net("192.0.2.7/32"))),
+        ];
+        assert_eq!(
+            condition_words("conditionsV4", &list).unwrap().join(" "),
+            "! -s 192.0.2.7/32 -d 10.1.0.0/16 ! -i eth1"
+        );
+        let any = [cond(false, MatchField::Source(net("0.0.0.0/0")))];
+        assert!(condition_words("conditionsV4", &any).unwrap().is_empty());
+        let none = [cond(true, MatchField::Source(net("::/0")))];
+        let e = condition_words("conditionsV6", &none).unwrap_err();
+        assert!(
+            e.msg.starts_with("conditionsV6:") && e.msg.contains("no traffic"),
+            "{e}"
+        );
+        let twice = [
+            cond(false, MatchField::Source(net("192.0.2.0/24"))),
+            cond(true, MatchField::Source(net("192.0.2.7/32"))),
+        ];
+        let e = condition_words("conditionsV4", &twice).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("one -s per rule"), "{e}");
+    }
+
+    #[test]
+    fn a_batch_undoes_what_it_added() {
+        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:WASM-CNI-POSTROUTING - [0:0]\nCOMMIT\n";
+        let t = Table::parse(save);
+        let mut b = Batch::new(&t);
+        b.chain("WASM-CNI-X");
+        b.append("WASM-CNI-X", Spec::new().comment("a b").jump("RETURN"));
+        b.insert("POSTROUTING", Spec::new().comment("a b").jump("WASM-CNI-X"));
+        assert_eq!(
+            b.undo_script(),
+            "*nat\n-D POSTROUTING -m comment --comment \"a b\" -j WASM-CNI-X\n\
+             -F WASM-CNI-X\n-X WASM-CNI-X\nCOMMIT\n"
+        );
     }
 
     #[test]

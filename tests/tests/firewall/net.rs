@@ -35,13 +35,15 @@ for _ in range(n):
     print(peer, flush=True)
 "#;
 
-/// Connects to `host port` within `timeout` seconds and prints the first
-/// line the server sends.
+/// Connects to `host port` within `timeout` seconds (from the source
+/// address in the optional fourth argument) and prints the first line the
+/// server sends.
 const CLIENT: &str = r#"
 import socket, sys
 host, port, t = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+src = (sys.argv[4], 0) if len(sys.argv) > 4 else None
 try:
-    s = socket.create_connection((host, port), timeout=t)
+    s = socket.create_connection((host, port), timeout=t, source_address=src)
     s.settimeout(t)
     print(s.recv(256).decode().strip())
 except Exception as e:
@@ -108,9 +110,21 @@ impl Drop for Server {
 /// Connects from `ns` to `host:port` and returns the server's answer
 /// (`<name> <peer>`), or the client's error.
 pub fn connect(ns: &Netns, host: &str, port: u16, timeout_secs: f32) -> Result<String, String> {
+    connect_from(ns, None, host, port, timeout_secs)
+}
+
+/// Like [`connect`], from the source address `src` when given.
+pub fn connect_from(
+    ns: &Netns,
+    src: Option<&str>,
+    host: &str,
+    port: u16,
+    timeout_secs: f32,
+) -> Result<String, String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns.name(), python(), "-c", CLIENT])
         .args([host.to_string(), port.to_string(), timeout_secs.to_string()])
+        .args(src)
         .stdin(Stdio::null())
         .output()
         .expect("run the python3 client");
