@@ -1,7 +1,8 @@
-//! The portmap options of the iptables backend, end to end through the
-//! installed `wasm-cni` with the bridge and portmap components:
-//! `markMasqBit`, `externalSetMarkChain` and `conditionsV4`, shown by real
-//! TCP connections and by `iptables-save -t nat` in the node namespace.
+//! The portmap options, end to end through the installed `wasm-cni` with
+//! the bridge and portmap components: `markMasqBit`, `externalSetMarkChain`
+//! and `conditionsV4` on iptables, `conditionsV4` on nftables, shown by
+//! real TCP connections and by `iptables-save -t nat` / `nft list` in the
+//! node namespace.
 //!
 //! The world of each test, all in namespaces the test creates: a node
 //! namespace holding the bridge `wcpo0` (pods in 10.67.0.0/24) and the
@@ -62,9 +63,13 @@ impl World {
     /// bridge (gateway, ipMasq, hairpin) + portmap, both on iptables, the
     /// portmap object extended by `options`.
     fn list(&self, options: Value) -> Value {
+        self.list_on("iptables", options)
+    }
+
+    fn list_on(&self, backend: &str, options: Value) -> Value {
         let mut portmap = json!({
             "type": "portmap",
-            "backend": "iptables",
+            "backend": backend,
             "capabilities": { "portMappings": true },
         });
         for (k, v) in options.as_object().into_iter().flatten() {
@@ -78,7 +83,7 @@ impl World {
                 "bridge": BRIDGE,
                 "isGateway": true,
                 "ipMasq": true,
-                "ipMasqBackend": "iptables",
+                "ipMasqBackend": backend,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -275,4 +280,70 @@ fn conditions_v4_select_the_sources_that_reach_the_pod() {
             "{entries:#?}"
         );
     }
+}
+
+/// nftables: `conditionsV4` in nft syntax. Each conditional mapping is one
+/// rule of `hostports_conditional` with its owner's comment; only the
+/// selected sources reach the pod; CHECK passes; DEL removes the rules.
+#[test]
+fn nft_conditions_v4_select_the_sources_that_reach_the_pod() {
+    require_root!();
+    let w = World::new();
+    let only = w.list_on(
+        "nftables",
+        json!({ "conditionsV4": [format!("ip saddr {OUT4}")] }),
+    );
+    let except = w.list_on(
+        "nftables",
+        json!({ "conditionsV4": [format!("ip saddr != {OUT4}/32")] }),
+    );
+    let a = w.pod("pod-a");
+    let result_a = w.driver.add(&only, &a.att, &caps(8080)).expect("ADD pod-a");
+    let b = w.add(&except, "pod-b", 8081);
+    let _srv_a = Server::start(&a.ns, POD_PORT, "pod-a", 2);
+    let _srv_b = Server::start(&b.ns, POD_PORT, "pod-b", 2);
+
+    let from = |src: &str, port: u16| connect_from(&w.outside, Some(src), NODE4, port, 3.0);
+    assert_eq!(from(OUT4, 8080), Ok(format!("pod-a {OUT4}")));
+    assert!(
+        from(OUT4_OTHER, 8080).is_err(),
+        "{OUT4_OTHER} reached pod-a"
+    );
+    assert!(from(OUT4, 8081).is_err(), "{OUT4} reached pod-b");
+    assert_eq!(from(OUT4_OTHER, 8081), Ok(format!("pod-b {OUT4_OTHER}")));
+
+    let chain = || {
+        w.node
+            .sh("nft list chain inet wasm_cni hostports_conditional")
+    };
+    let listing = chain();
+    let rule_a = listing
+        .lines()
+        .find(|l| l.contains("id=pod-a "))
+        .unwrap_or_else(|| panic!("no rule of pod-a:\n{listing}"));
+    assert!(
+        rule_a.contains(&format!("ip saddr {OUT4} ")) && rule_a.contains("tcp dport 8080"),
+        "{rule_a}"
+    );
+    assert!(
+        listing.contains(&format!("ip saddr != {OUT4} ")),
+        "{listing}"
+    );
+
+    w.driver
+        .check(&only, &a.att, &caps(8080), &result_a)
+        .expect("CHECK pod-a");
+    w.driver
+        .del(&only, &a.att, &caps(8080), Some(&result_a))
+        .expect("DEL pod-a");
+    let listing = chain();
+    assert!(!listing.contains("id=pod-a "), "{listing}");
+    assert!(listing.contains("id=pod-b "), "{listing}");
+    assert!(from(OUT4, 8080).is_err(), "pod-a still reachable after DEL");
+    w.driver
+        .del(&except, &b.att, &caps(8081), None)
+        .expect("DEL pod-b without prevResult");
+    assert!(!chain().contains(" id="), "{}", chain());
+    let held = w.node.sh("nft list map inet wasm_cni hostports_held_v4");
+    assert!(!held.contains(" id="), "{held}");
 }
