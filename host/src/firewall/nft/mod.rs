@@ -34,7 +34,7 @@ use super::{
 use crate::bindings::IpNet;
 use crate::error::{code, Error, Result};
 use crate::exec;
-use netlink::{Batch, Conn, Element, Failure, ENOENT};
+use netlink::{Batch, Conn, Element, Failure, EEXIST, ENOENT};
 
 pub const TABLE: &str = "wasm_cni";
 const LOCK_DIR: &str = "/run/wasm-cni";
@@ -466,16 +466,62 @@ impl Nftables {
         self.commit(&batch, &names, "delete elements")
     }
 
-    /// Adds `e` to `set` as `e`'s owner's: an element keyed by a pod address
+    /// Commits `adds` in one transaction. Elements keyed by a pod address
     /// can pass to a new pod while the old owner's is still there (its DEL
-    /// released the address first, or failed half way). Add (so it exists),
-    /// delete, add again, in one transaction: the newest owner's DEL is the
-    /// one that removes it.
-    fn take_over(batch: &mut Batch, names: &mut Vec<&'static str>, set: &'static str, e: &Element) {
-        batch.add(TABLE, set, e);
-        batch.delete(TABLE, set, e);
-        batch.add(TABLE, set, e);
-        names.extend([set, set, set]);
+    /// released the address first, or failed half way): when one of them
+    /// exists, the transaction is sent again with each of them added,
+    /// deleted and added, so the newest owner's comment is on it and its
+    /// DEL is the one that removes it. Only that rare retry deletes: a
+    /// transaction that deletes makes closing the socket wait for the
+    /// kernel to free the old elements (an RCU grace period).
+    fn add_all(&mut self, adds: &Additions) -> Result<std::result::Result<(), (i32, Error)>> {
+        let mut first = Batch::new();
+        let mut names = Vec::new();
+        for (set, e) in &adds.plain {
+            first.add(TABLE, set, e);
+            names.push(*set);
+        }
+        for (set, e) in &adds.owned {
+            first.add_new(TABLE, set, e);
+            names.push(*set);
+        }
+        match self.try_commit(&first)? {
+            Err(f) if f.errno == EEXIST => {}
+            other => return Ok(other.map_err(|f| (f.errno, failure(&f, &names, &adds.what)))),
+        }
+        let mut again = Batch::new();
+        let mut names = Vec::new();
+        for (set, e) in &adds.plain {
+            again.add(TABLE, set, e);
+            names.push(*set);
+        }
+        for (set, e) in &adds.owned {
+            again.add(TABLE, set, e);
+            again.delete(TABLE, set, e);
+            again.add(TABLE, set, e);
+            names.extend([*set, *set, *set]);
+        }
+        Ok(self
+            .try_commit(&again)?
+            .map_err(|f| (f.errno, failure(&f, &names, &adds.what))))
+    }
+}
+
+/// The elements of one call: `plain` ones added as they are, `owned` ones
+/// (keyed by a pod address) taken over from an earlier owner if need be.
+struct Additions {
+    what: String,
+    plain: Vec<(&'static str, Element)>,
+    owned: Vec<(&'static str, Element)>,
+}
+
+impl Additions {
+    fn new(what: &str) -> Additions {
+        Additions {
+            what: what.to_string(),
+            plain: Vec::new(),
+            owned: Vec::new(),
+        }
     }
 }
 
@@ -501,8 +547,7 @@ impl Firewall for Nftables {
 
     fn add_masquerade(&mut self, owner: &Owner, rules: &[Masquerade]) -> Result<()> {
         let c = owner.comment();
-        let mut batch = Batch::new();
-        let mut names = Vec::new();
+        let mut adds = Additions::new("add masquerade");
         for r in rules {
             let ip = r.source.ip();
             let pod = Element {
@@ -510,11 +555,11 @@ impl Firewall for Nftables {
                 comment: c.clone(),
                 ..Element::default()
             };
-            Self::take_over(&mut batch, &mut names, set_name("masq", ip), &pod);
+            adds.owned.push((set_name("masq", ip), pod));
             let skip = range_pair((ip, bits(ip) as u8), (ip, r.source.prefix_len), &c);
-            Self::take_over(&mut batch, &mut names, set_name("masq_skip", ip), &skip);
+            adds.owned.push((set_name("masq_skip", ip), skip));
         }
-        self.commit(&batch, &names, "add masquerade")
+        self.add_all(&adds)?.map_err(|(_, e)| e)
     }
 
     fn add_port_mappings(
@@ -525,8 +570,7 @@ impl Firewall for Nftables {
     ) -> Result<()> {
         self.check_host_ports(owner, maps)?;
         let c = owner.comment();
-        let mut batch = Batch::new();
-        let mut names = Vec::new();
+        let mut adds = Additions::new("add port mappings");
         let mut rules = String::new();
         let mut pods: Vec<IpAddr> = Vec::new();
         for m in maps {
@@ -542,9 +586,8 @@ impl Firewall for Nftables {
                 rules += &conditional_rule(m, conditions, &c);
                 "hostports_held"
             };
-            let set = set_name(held, pod);
-            batch.add(TABLE, set, &mapping_element(m, &c));
-            names.push(set);
+            adds.plain
+                .push((set_name(held, pod), mapping_element(m, &c)));
             if !pods.contains(&pod) {
                 pods.push(pod);
             }
@@ -553,8 +596,7 @@ impl Firewall for Nftables {
             let set = set_name("hostport_masq", pod);
             let host = (pod, bits(pod) as u8);
             if opts.masq_all {
-                let e = range_pair((pod, 0), host, &c);
-                Self::take_over(&mut batch, &mut names, set, &e);
+                adds.owned.push((set, range_pair((pod, 0), host, &c)));
             } else if opts.snat {
                 for subnet in opts
                     .subnets
@@ -562,19 +604,18 @@ impl Firewall for Nftables {
                     .filter(|s| s.ip().is_ipv4() == pod.is_ipv4())
                 {
                     let e = range_pair((subnet.ip(), subnet.prefix_len), host, &c);
-                    Self::take_over(&mut batch, &mut names, set, &e);
+                    adds.owned.push((set, e));
                 }
                 if pod.is_ipv4() {
                     let lo = range_pair((IpAddr::from([127, 0, 0, 0]), 8), host, &c);
-                    Self::take_over(&mut batch, &mut names, set, &lo);
+                    adds.owned.push((set, lo));
                 }
             }
         }
         // EBUSY, EEXIST, ENOTEMPTY: a host port another pod's element holds
         // (the check above and this add can race with another ADD).
-        self.try_commit(&batch)?.map_err(|f| {
-            let e = failure(&f, &names, "add port mappings");
-            if [16, 17, 39].contains(&f.errno) {
+        self.add_all(&adds)?.map_err(|(errno, e)| {
+            if [16, 17, 39].contains(&errno) {
                 Error::new(
                     code::ALREADY_EXISTS,
                     format!(

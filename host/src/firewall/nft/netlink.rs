@@ -32,6 +32,7 @@ const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
 const NLA_F_NESTED: u16 = 0x8000;
@@ -110,6 +111,8 @@ fn libc_eio() -> i32 {
 
 /// `ENOENT`: the table, set or chain does not exist.
 pub const ENOENT: i32 = 2;
+/// `EEXIST`: the element is there already.
+pub const EEXIST: i32 = 17;
 
 fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
@@ -212,6 +215,12 @@ impl Batch {
         Batch::default()
     }
 
+    fn deletes(&self) -> bool {
+        self.msgs.iter().any(|(kind, _, _)| {
+            *kind == nft_type(NFT_MSG_DELSETELEM) || *kind == nft_type(NFT_MSG_DELRULE)
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.msgs.is_empty()
     }
@@ -225,6 +234,15 @@ impl Batch {
         self.msgs.push((
             nft_type(NFT_MSG_NEWSETELEM),
             NLM_F_CREATE,
+            element_attrs(table, set, e, true),
+        ));
+    }
+
+    /// Adds an element that must not exist yet (`EEXIST` otherwise).
+    pub fn add_new(&mut self, table: &str, set: &str, e: &Element) {
+        self.msgs.push((
+            nft_type(NFT_MSG_NEWSETELEM),
+            NLM_F_CREATE | NLM_F_EXCL,
             element_attrs(table, set, e, true),
         ));
     }
@@ -376,8 +394,74 @@ fn error_code(payload: &[u8]) -> i32 {
 
 /// A netfilter netlink socket in the current network namespace.
 pub struct Conn {
-    sock: Socket,
+    /// Always `Some` until dropped.
+    sock: Option<Socket>,
     seq: u32,
+    /// A committed transaction deleted something (see [`Drop`]).
+    deleted: bool,
+}
+
+/// Closing a netfilter socket waits for nf_tables to free what earlier
+/// transactions deleted: the kernel's release hook flushes its deferred
+/// destroy work, which waits an RCU grace period (10-15 ms measured here,
+/// most of a DEL). The deletion itself is complete and visible before
+/// that; only the freeing is waited for. So a socket that deleted
+/// something is closed by a short-lived grandchild: it keeps the last
+/// reference, waits until this process has let go of its own, and closes
+/// it while the invocation returns. It holds no other file (the runtime's
+/// pipes see EOF when this process exits) and is reparented to init.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            if self.deleted {
+                release_in_background(sock);
+            }
+        }
+    }
+}
+
+fn release_in_background(sock: Socket) {
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, pipe, ForkResult};
+    use std::os::fd::AsRawFd;
+
+    let Ok((r, w)) = pipe() else {
+        return;
+    };
+    let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
+    // SAFETY: the child runs only async-signal-safe system calls (fork,
+    // close_range, read, close, _exit) before it exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            if libc::fork() == 0 {
+                let (lo, hi) = (fd.min(rfd) as u32, fd.max(rfd) as u32);
+                if lo > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, lo - 1, 0u32);
+                }
+                if hi > lo + 1 {
+                    libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
+                }
+                libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
+                let mut b = 0u8;
+                // Returns at EOF: every write end (the parent's) is closed.
+                while libc::read(rfd, (&mut b as *mut u8).cast(), 1) > 0 {}
+                libc::close(fd);
+                libc::_exit(0);
+            }
+            // Let go of the socket before the pipe's write end closes at
+            // exit, so the grandchild's close is the last.
+            libc::close(fd);
+            libc::_exit(0);
+        },
+        Ok(ForkResult::Parent { child }) => {
+            drop(sock);
+            drop(w);
+            drop(r);
+            let _ = waitpid(child, None);
+        }
+        // No child: close it here, and wait.
+        Err(_) => drop(sock),
+    }
 }
 
 impl Conn {
@@ -392,7 +476,11 @@ impl Conn {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(1);
-        Ok(Conn { sock, seq })
+        Ok(Conn {
+            sock: Some(sock),
+            seq,
+            deleted: false,
+        })
     }
 
     fn next_seq(&mut self, n: u32) -> u32 {
@@ -401,8 +489,15 @@ impl Conn {
         s
     }
 
+    fn sock(&self) -> Result<&Socket, Failure> {
+        self.sock.as_ref().ok_or(Failure {
+            errno: 9, // EBADF
+            index: None,
+        })
+    }
+
     fn recv(&self) -> Result<Vec<u8>, Failure> {
-        self.sock
+        self.sock()?
             .recv_from_full()
             .map(|(b, _)| b)
             .map_err(Failure::io)
@@ -415,7 +510,9 @@ impl Conn {
         }
         let n = batch.len() as u32;
         let seq = self.next_seq(n);
-        self.sock.send(&batch.encode(seq), 0).map_err(Failure::io)?;
+        self.sock()?
+            .send(&batch.encode(seq), 0)
+            .map_err(Failure::io)?;
         let mut answered = 0;
         let mut first: Option<Failure> = None;
         while answered < n {
@@ -441,6 +538,9 @@ impl Conn {
                 }
             }
         }
+        if first.is_none() && batch.deletes() {
+            self.deleted = true;
+        }
         first.map_or(Ok(()), Err)
     }
 
@@ -458,7 +558,7 @@ impl Conn {
                 0,
                 attrs,
             );
-            self.sock.send(&req, 0).map_err(Failure::io)?;
+            self.sock()?.send(&req, 0).map_err(Failure::io)?;
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             let mut interrupted = false;
             'read: loop {
