@@ -2,6 +2,7 @@
 //! recording mock can stand in for the kernel in unit tests. The real
 //! implementation speaks rtnetlink over one socket per namespace.
 
+pub mod conntrack;
 pub mod netlink;
 mod netns;
 mod sysctl;

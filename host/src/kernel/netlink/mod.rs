@@ -236,7 +236,12 @@ impl Kernel for NetlinkKernel {
         maps: &[PortMapping],
         opts: &PortOptions,
     ) -> Result<()> {
-        firewall::backend(choice).add_port_mappings(owner, maps, opts)
+        firewall::backend(choice).add_port_mappings(owner, maps, opts)?;
+        // UDP flows that reached the node before the rules existed keep
+        // their conntrack entries, and with them their old destination:
+        // forget them (this thread is in the node namespace). Only logs.
+        super::conntrack::forget_udp_flows(maps);
+        Ok(())
     }
 
     fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
