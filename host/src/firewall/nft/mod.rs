@@ -615,7 +615,7 @@ impl Firewall for Nftables {
         // EBUSY, EEXIST, ENOTEMPTY: a host port another pod's element holds
         // (the check above and this add can race with another ADD).
         self.add_all(&adds)?.map_err(|(errno, e)| {
-            if [16, 17, 39].contains(&errno) {
+            if [libc::EBUSY, libc::EEXIST, libc::ENOTEMPTY].contains(&errno) {
                 Error::new(
                     code::ALREADY_EXISTS,
                     format!(

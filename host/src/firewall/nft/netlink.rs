@@ -28,7 +28,6 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
@@ -99,20 +98,16 @@ impl Failure {
 
     fn io(e: io::Error) -> Failure {
         Failure {
-            errno: e.raw_os_error().unwrap_or(libc_eio()),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
             index: None,
         }
     }
 }
 
-fn libc_eio() -> i32 {
-    5
-}
-
 /// `ENOENT`: the table, set or chain does not exist.
-pub const ENOENT: i32 = 2;
+pub const ENOENT: i32 = libc::ENOENT;
 /// `EEXIST`: the element is there already.
-pub const EEXIST: i32 = 17;
+pub const EEXIST: i32 = libc::EEXIST;
 
 fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
@@ -389,7 +384,7 @@ fn error_code(payload: &[u8]) -> i32 {
     payload
         .get(..4)
         .map(|b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(libc_eio())
+        .unwrap_or(libc::EIO)
 }
 
 /// A netfilter netlink socket in the current network namespace.
@@ -491,7 +486,7 @@ impl Conn {
 
     fn sock(&self) -> Result<&Socket, Failure> {
         self.sock.as_ref().ok_or(Failure {
-            errno: 9, // EBADF
+            errno: libc::EBADF,
             index: None,
         })
     }
@@ -577,15 +572,12 @@ impl Conn {
                             }
                             return Err(Failure { errno, index: None });
                         }
-                        k if k == nft_type(NFT_MSG_NEWSETELEM)
-                            || k == nft_type(cmd + 3)
-                            || m.flags & NLM_F_MULTI != 0 =>
-                        {
+                        // Every other message of this sequence is an answer.
+                        _ => {
                             if let Some(p) = m.payload.get(4..) {
                                 payloads.push(p.to_vec());
                             }
                         }
-                        _ => {}
                     }
                 }
             }
@@ -595,7 +587,7 @@ impl Conn {
             }
         }
         Err(Failure {
-            errno: 11, // EAGAIN: kept changing while listed
+            errno: libc::EAGAIN, // kept changing while listed
             index: None,
         })
     }
