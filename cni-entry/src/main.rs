@@ -5,8 +5,8 @@
 //! speaks the CNI exec contract: `CNI_*` environment, configuration on stdin,
 //! result or error JSON on stdout, logs to a file.
 //!
-//! Run as `wasm-cni precompile DIR` it compiles every `DIR/*.wasm` component
-//! for this host into `DIR/*.cwasm`.
+//! It loads only precompiled components (`wasm/<type>.cwasm`, mapped into
+//! memory); `wasm-cni-compile` makes them.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -144,44 +144,13 @@ fn components_dir() -> Result<PathBuf, Error> {
 }
 
 fn admin(args: &[String]) -> ExitCode {
-    match args.first().map(String::as_str) {
-        Some("precompile") if args.len() == 2 => match precompile(Path::new(&args[1])) {
-            Ok(n) => {
-                println!("precompiled {n} components in {}", args[1]);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wasm-cni precompile: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        _ => {
-            eprintln!(
-                "{ABOUT}\n\nusage:\n  wasm-cni precompile DIR   compile DIR/*.wasm into DIR/*.cwasm for this host\n\
-                 Run as a CNI plugin (CNI_COMMAND set), it serves the component named like the link it was run as,\n\
-                 or the configuration's `type`. Components live in `wasm/` beside the binary, or in $WASM_CNI_COMPONENTS."
-            );
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn precompile(dir: &Path) -> Result<usize, Error> {
-    let runtime = Runtime::new(dir, Limits::default())?;
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}: {e}", dir.display())))?;
-    let mut n = 0;
-    for entry in entries {
-        let path = entry
-            .map_err(|e| Error::io(format!("read {}: {e}", dir.display())))?
-            .path();
-        if path.extension().and_then(|e| e.to_str()) == Some(wasm_cni_host::runtime::WASM_EXT) {
-            let out = path.with_extension(wasm_cni_host::runtime::PRECOMPILED_EXT);
-            runtime.precompile(&path, &out)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    eprintln!(
+        "{ABOUT}\n\nunknown arguments {args:?}. Run as a CNI plugin (CNI_COMMAND set), it serves the component\n\
+         named like the link it was run as, or the configuration's `type`. Components are precompiled\n\
+         `.cwasm` files in `wasm/` beside the binary, or in $WASM_CNI_COMPONENTS; `wasm-cni-compile`\n\
+         makes them from `.wasm` components."
+    );
+    ExitCode::from(2)
 }
 
 mod logging {

@@ -1,7 +1,7 @@
 //! The wasmtime embedding: one engine configuration, component loading
-//! (precompiled artifacts by mmap, compiling only when one is missing or
-//! stale), one linker per role, and the run of one invocation with its
-//! limits and its undo log.
+//! (precompiled artifacts by mmap; compiling only in a build with the
+//! `compiler` feature, never in the installed binary), one linker per role,
+//! and the run of one invocation with its limits and its undo log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -129,6 +129,7 @@ impl Runtime {
     }
 
     /// Compiles a component for this host, for `load` to mmap later.
+    #[cfg(feature = "compiler")]
     pub fn precompile(&self, wasm: &Path, out: &Path) -> Result<()> {
         let bytes =
             std::fs::read(wasm).map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
@@ -143,42 +144,23 @@ impl Runtime {
     /// Whether a component named `name` is installed.
     pub fn has_component(&self, name: &str) -> bool {
         let base = self.dir.join(name);
-        base.with_extension(PRECOMPILED_EXT).is_file() || base.with_extension(WASM_EXT).is_file()
+        base.with_extension(PRECOMPILED_EXT).is_file()
+            || (cfg!(feature = "compiler") && base.with_extension(WASM_EXT).is_file())
     }
 
-    /// Loads `name`: the precompiled artifact by mmap, or, when it is missing
-    /// or was built by another host version, the component compiled now.
+    /// Loads `name`: the precompiled artifact by mmap.
     pub fn load(&self, name: &str) -> Result<Component> {
         if let Some(c) = self.loaded.lock().ok().and_then(|m| m.get(name).cloned()) {
             return Ok(c);
         }
-        let base = self.dir.join(name);
-        let precompiled = base.with_extension(PRECOMPILED_EXT);
+        let precompiled = self.dir.join(name).with_extension(PRECOMPILED_EXT);
         let started = Instant::now();
-        // SAFETY: the artifact is one this host's `precompile` wrote into the
+        // SAFETY: the artifact is one `wasm-cni-compile` wrote into the
         // plugin directory, which only root can write; wasmtime checks that
         // it matches this engine's version and configuration.
         let component = match unsafe { Component::deserialize_file(&self.engine, &precompiled) } {
             Ok(c) => c,
-            Err(e) => {
-                let wasm = base.with_extension(WASM_EXT);
-                if !wasm.is_file() {
-                    return Err(Error::config(format!(
-                        "type: no plugin component {name:?} in {}",
-                        self.dir.display()
-                    )));
-                }
-                if precompiled.exists() {
-                    tracing::warn!(
-                        component = name,
-                        "precompiled artifact unusable ({e:#}); compiling"
-                    );
-                } else {
-                    tracing::warn!(component = name, "no precompiled artifact; compiling");
-                }
-                Component::from_file(&self.engine, &wasm)
-                    .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?
-            }
+            Err(e) => self.load_unprecompiled(name, &precompiled, e)?,
         };
         tracing::debug!(
             component = name,
@@ -189,6 +171,58 @@ impl Runtime {
             m.insert(name.to_string(), component.clone());
         }
         Ok(component)
+    }
+
+    /// No usable precompiled artifact: the installed binary has no compiler,
+    /// so the error says how to make one.
+    #[cfg(not(feature = "compiler"))]
+    fn load_unprecompiled(
+        &self,
+        name: &str,
+        precompiled: &Path,
+        e: wasmtime::Error,
+    ) -> Result<Component> {
+        if !precompiled.exists() {
+            return Err(Error::config(format!(
+                "type: no plugin component {name:?} in {} (expected {})",
+                self.dir.display(),
+                precompiled.display()
+            )));
+        }
+        Err(Error::io(format!(
+            "component {name:?}: {} cannot be loaded by this wasm-cni ({e:#}); \
+             recompile it with `wasm-cni-compile -o {} {name}.wasm`",
+            precompiled.display(),
+            self.dir.display()
+        )))
+    }
+
+    /// No usable precompiled artifact: compile the `.wasm` now (tests, and
+    /// builds with the `compiler` feature).
+    #[cfg(feature = "compiler")]
+    fn load_unprecompiled(
+        &self,
+        name: &str,
+        precompiled: &Path,
+        e: wasmtime::Error,
+    ) -> Result<Component> {
+        let wasm = precompiled.with_extension(WASM_EXT);
+        if !wasm.is_file() {
+            return Err(Error::config(format!(
+                "type: no plugin component {name:?} in {}",
+                self.dir.display()
+            )));
+        }
+        if precompiled.exists() {
+            tracing::warn!(
+                component = name,
+                "precompiled artifact unusable ({e:#}); compiling"
+            );
+        } else {
+            tracing::debug!(component = name, "no precompiled artifact; compiling");
+        }
+        Component::from_file(&self.engine, &wasm)
+            .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))
     }
 
     /// The role a component's imports give it.

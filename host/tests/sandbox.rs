@@ -50,10 +50,7 @@ fn runtime() -> &'static Arc<Runtime> {
         copy(&fixture("misbehave.wasm"), "misbehave.wasm");
         copy(&fixture("misbehave_store.wasm"), "misbehave-store.wasm");
         let dist = dist_dir();
-        copy(&dist.join("host-local.wasm"), "host-local.wasm");
-        if dist.join("host-local.cwasm").is_file() {
-            copy(&dist.join("host-local.cwasm"), "host-local.cwasm");
-        }
+        copy(&dist.join("host-local.cwasm"), "host-local.cwasm");
         let rt = Runtime::new(dir.path(), LIMITS).expect("runtime");
         for name in ["misbehave", "misbehave-store", "host-local"] {
             rt.load(name).unwrap_or_else(|e| panic!("load {name}: {e}"));

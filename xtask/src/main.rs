@@ -2,8 +2,9 @@
 //!
 //!   build            guest components (wasm32-wasip2) and the host binary
 //!   install DIR      build, then install into DIR: the `wasm-cni` binary,
-//!                    `wasm/<type>.wasm` + precompiled `.cwasm`, and one link
-//!                    per plugin type, so DIR works as /opt/cni/bin
+//!                    `wasm/<type>.cwasm` (components precompiled by
+//!                    `wasm-cni-compile`), and one link per plugin type, so
+//!                    DIR works as /opt/cni/bin
 //!   test             install into target/dist, then run every test
 //!   demo             install into target/dist, then run the demo
 //!   bench [-- ARGS]  install into target/dist, then run the benchmark in
@@ -19,6 +20,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
 const ENTRY: &str = "wasm-cni";
+const COMPILER: &str = "wasm-cni-compile";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +53,6 @@ fn guest_workspaces() -> Vec<PathBuf> {
 
 /// Test-only components (never installed): the misbehaving plugin the host's
 /// sandbox tests load from its own target directory.
-/// Test-only components (never installed).
 fn fixture_workspace() -> PathBuf {
     root().join("tests/fixtures/misbehave")
 }
@@ -89,11 +90,24 @@ fn build_guests() -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn build_host() -> Result<PathBuf> {
+/// The plugin binary (no compiler in it) and the precompiler, built apart
+/// so Cranelift stays out of the binary that is installed.
+fn build_host() -> Result<(PathBuf, PathBuf)> {
     run(cargo()
         .current_dir(root())
-        .args(["build", "--release", "-p", ENTRY]))?;
-    Ok(root().join("target/release").join(ENTRY))
+        .args(["build", "--release", "-p", ENTRY, "--bin", ENTRY]))?;
+    run(cargo().current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        ENTRY,
+        "--features",
+        "compiler",
+        "--bin",
+        COMPILER,
+    ]))?;
+    let release = root().join("target/release");
+    Ok((release.join(ENTRY), release.join(COMPILER)))
 }
 
 fn replace_file(from: &Path, to: &Path) -> Result {
@@ -106,19 +120,29 @@ fn replace_file(from: &Path, to: &Path) -> Result {
 
 fn install(dir: &Path) -> Result {
     let guests = build_guests()?;
-    let binary = build_host()?;
+    let (binary, compiler) = build_host()?;
+    // Components named by plugin type, compiled from here into DIR/wasm.
+    let staged = root().join("target/components");
     let wasm_dir = dir.join("wasm");
-    std::fs::create_dir_all(&wasm_dir).map_err(|e| format!("{}: {e}", wasm_dir.display()))?;
+    for d in [&staged, &wasm_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
     let entry = dir.join(ENTRY);
     replace_file(&binary, &entry)?;
+    let mut compile = Command::new(&compiler);
+    compile.arg("-o").arg(&wasm_dir);
     for (name, path) in &guests {
-        replace_file(path, &wasm_dir.join(format!("{name}.wasm")))?;
+        let wasm = staged.join(format!("{name}.wasm"));
+        replace_file(path, &wasm)?;
+        compile.arg(&wasm);
+        // Left by older installs; the runtime only reads `.cwasm`.
+        let _ = std::fs::remove_file(wasm_dir.join(format!("{name}.wasm")));
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(ENTRY, &link)
             .map_err(|e| format!("link {}: {e}", link.display()))?;
     }
-    run(Command::new(&entry).arg("precompile").arg(&wasm_dir))?;
+    run(&mut compile)?;
     eprintln!(
         "installed {} plugins into {}: {}",
         guests.len(),
@@ -238,9 +262,14 @@ fn lint() -> Result {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
+    ]))?;
+    // The installed binary, without the compiler feature the tests turn on.
+    run(cargo().current_dir(root()).args([
+        "clippy", "-p", ENTRY, "--bin", ENTRY, "--", "-D", "warnings",
     ]))?;
     for ws in guest_workspaces().into_iter().chain([fixture_workspace()]) {
         if ws.join("Cargo.toml").is_file() {

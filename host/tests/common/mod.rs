@@ -38,7 +38,7 @@ pub fn dist_dir() -> PathBuf {
     };
     let dir = dist.join("wasm");
     for name in ["bridge", "loopback", "host-local"] {
-        let wasm = dir.join(format!("{name}.wasm"));
+        let wasm = dir.join(format!("{name}.cwasm"));
         assert!(
             wasm.is_file(),
             "component {} is missing: run `cargo xtask install target/dist` in {} first \
