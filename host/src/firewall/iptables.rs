@@ -52,8 +52,9 @@
 //! Every DEL (and GC, and CHECK's listing) asks each installed backend,
 //! so a node that never used this one would pay for two `iptables-save`
 //! runs per DEL. The first addition therefore leaves the marker
-//! `/run/wasm-cni/iptables.used.<netns inode>`, one per network namespace
-//! (written before the rules, so a crash in
+//! `/run/wasm-cni/iptables.used.<netns cookie>`, one per network namespace
+//! (the cookie, unlike the namespace's inode number, is never reused by a
+//! later namespace; written before the rules, so a crash in
 //! between cannot leave rules the marker does not announce); without it,
 //! remove, list and GC return at once without running anything. `/run` is
 //! a tmpfs: the marker goes at reboot together with the rules it stands
@@ -62,7 +63,6 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -89,7 +89,7 @@ pub const HOSTPORT_MASQ: &str = "WASM-CNI-HOSTPORT-MASQ";
 /// The comment on the jump to [`HOSTPORT_MASQ`] and on its rules.
 pub const MASQ_COMMENT: &str = "wasm-cni: host-port connections marked for masquerade";
 /// Present once this backend has added rules since boot (see the module
-/// doc); the current network namespace's inode number is appended.
+/// doc); the current network namespace's cookie is appended.
 pub const USED_MARKER: &str = "/run/wasm-cni/iptables.used";
 
 const LOCK_DIR: &str = "/run/wasm-cni";
@@ -792,12 +792,14 @@ pub struct Iptables {
 
 impl Iptables {
     /// The backend of the current network namespace: its marker is
-    /// [`USED_MARKER`] with the namespace's inode number, so using iptables
-    /// in one namespace costs nothing to the others.
+    /// [`USED_MARKER`] with the namespace's cookie, so using iptables in one
+    /// namespace costs nothing to the others, nor to a namespace created
+    /// after one that used it is gone. Without cookies (Linux < 5.14), the
+    /// one marker of the machine.
     pub fn new() -> Self {
-        match fs::metadata("/proc/self/ns/net") {
-            Ok(m) => Self::with_marker(format!("{USED_MARKER}.{}", m.ino())),
-            Err(_) => Self::with_marker(USED_MARKER),
+        match crate::kernel::netns::cookie() {
+            Some(cookie) => Self::with_marker(format!("{USED_MARKER}.{cookie}")),
+            None => Self::with_marker(USED_MARKER),
         }
     }
 
