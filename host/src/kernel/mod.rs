@@ -3,8 +3,9 @@
 //! implementation speaks rtnetlink over one socket per namespace.
 
 pub mod conntrack;
+pub(crate) mod detach;
 pub mod netlink;
-mod netns;
+pub(crate) mod netns;
 mod sysctl;
 
 pub use netlink::NetlinkKernel;

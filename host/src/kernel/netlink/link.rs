@@ -274,13 +274,256 @@ pub async fn set_port_vlan(h: &Handle, name: &str, vid: u16, keep_default: bool)
         .map_err(|e| nl_err(format!("set VLAN {vid} on {name}"), e))
 }
 
-pub async fn delete(h: &Handle, name: &str) -> Result<()> {
-    let Some(link) = get(h, name).await? else {
-        return Ok(());
-    };
-    match h.link().del(link.index).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
-        Err(e) => Err(nl_err(format!("delete link {name}"), e)),
+/// How long a deletion may take to be announced.
+const DELETE_TIMEOUT_MS: i32 = 10_000;
+const RTM_DELLINK: u16 = 17;
+const RTMGRP_LINK: u32 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_HDRLEN: usize = 16;
+
+/// The two sockets a deletion uses, both opened in the link's namespace: one
+/// for the request, one listening to link announcements.
+pub struct DeleteSockets {
+    request: netlink_sys::Socket,
+    monitor: netlink_sys::Socket,
+}
+
+impl DeleteSockets {
+    /// Opens them in the current network namespace.
+    pub fn open() -> std::io::Result<DeleteSockets> {
+        let mut request = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE)?;
+        request.bind_auto()?;
+        let mut monitor = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE)?;
+        monitor.bind(&netlink_sys::SocketAddr::new(0, RTMGRP_LINK))?;
+        Ok(DeleteSockets { request, monitor })
+    }
+}
+
+/// RTM_DELLINK of the link with `index`, acked.
+fn del_request(index: u32) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    m[4..6].copy_from_slice(&RTM_DELLINK.to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // ifinfomsg: family AF_UNSPEC, type 0, then the index.
+    m[20..24].copy_from_slice(&index.to_ne_bytes());
+    m
+}
+
+/// The errno of the first NLMSG_ERROR in `buf` (0 for an ack).
+fn ack_errno(buf: &[u8]) -> Option<i32> {
+    let kind = u16::from_ne_bytes(buf.get(4..6)?.try_into().ok()?);
+    let code = i32::from_ne_bytes(buf.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)?.try_into().ok()?);
+    (kind == NLMSG_ERROR).then_some(-code)
+}
+
+/// Whether `buf` (link announcements) says the link with `index` is gone.
+/// Bridge ports are also announced with RTM_DELLINK of family AF_BRIDGE when
+/// they leave the bridge; only the device's own (AF_UNSPEC) counts.
+fn announces_deletion(mut buf: &[u8], index: u32) -> bool {
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return false;
+        }
+        let body = &buf[NLMSG_HDRLEN..len];
+        if kind == RTM_DELLINK && body.len() >= 8 && body[0] == 0 {
+            if u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == index {
+                return true;
+            }
+        }
+        buf = &buf[(len + 3) & !3..];
+    }
+    false
+}
+
+/// Deletes link `index` (`name` for messages) with `socks` opened in its
+/// namespace, and returns once the kernel has announced it deleted: it is
+/// gone from every listing, its addresses and routes with it. The kernel
+/// answers the request itself only after freeing the device, RCU grace
+/// periods later (~20 ms here, most of a DEL); that tail is left to a
+/// detached child (see [`crate::kernel::detach`]) holding the request
+/// socket, so the invocation does not wait for it. A link already gone is
+/// not an error.
+pub fn delete_announced(socks: DeleteSockets, index: u32, name: &str) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let fail =
+        |what: &str, e: std::io::Error| Error::io(format!("delete link {name}: {what}: {e}"));
+    let request = del_request(index);
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { nix::libc::pipe2(fds.as_mut_ptr(), nix::libc::O_CLOEXEC) } != 0 {
+        return Err(fail("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and owned here.
+    let (answer_r, answer_w) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (req_fd, w_fd) = (socks.request.as_raw_fd(), answer_w.as_raw_fd());
+    let detached = crate::kernel::detach::spawn(&[req_fd, w_fd], || unsafe {
+        // Async-signal-safe only: send, wait for the kernel's answer, pass
+        // its errno on (nobody may be reading any more: no SIGPIPE).
+        let mut ignore: nix::libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = nix::libc::SIG_IGN;
+        nix::libc::sigaction(nix::libc::SIGPIPE, &ignore, std::ptr::null_mut());
+        let mut errno: i32 = nix::libc::EIO;
+        if nix::libc::send(req_fd, request.as_ptr().cast(), request.len(), 0)
+            == request.len() as isize
+        {
+            let mut buf = [0u8; 512];
+            let n = nix::libc::recv(req_fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n > 0 {
+                errno = ack_errno(&buf[..n as usize]).unwrap_or(nix::libc::EIO);
+            }
+        }
+        nix::libc::write(w_fd, (&errno as *const i32).cast(), 4);
+        nix::libc::_exit(0);
+    });
+    drop(answer_w);
+    if !detached {
+        // No child: send it here and wait for the whole of it.
+        socks
+            .request
+            .send(&request, 0)
+            .map_err(|e| fail("send", e))?;
+        let mut buf = vec![0u8; 512];
+        let n = socks
+            .request
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| fail("receive", e))?;
+        return answer(
+            ack_errno(&buf[..n.min(buf.len())]).unwrap_or(nix::libc::EIO),
+            name,
+        );
+    }
+    drop(socks.request);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut watching = true;
+    loop {
+        let mut polled = [
+            nix::libc::pollfd {
+                fd: answer_r.as_raw_fd(),
+                events: nix::libc::POLLIN,
+                revents: 0,
+            },
+            nix::libc::pollfd {
+                fd: if watching {
+                    socks.monitor.as_raw_fd()
+                } else {
+                    -1
+                },
+                events: nix::libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polls two valid (or ignored, -1) descriptors.
+        let n = unsafe { nix::libc::poll(polled.as_mut_ptr(), 2, DELETE_TIMEOUT_MS) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(fail("poll", e));
+        }
+        if n == 0 {
+            return Err(Error::io(format!(
+                "delete link {name}: not deleted within {} s",
+                DELETE_TIMEOUT_MS / 1000
+            )));
+        }
+        if polled[1].revents != 0 {
+            match socks
+                .monitor
+                .recv(&mut &mut buf[..], nix::libc::MSG_DONTWAIT)
+            {
+                Ok(n) if announces_deletion(&buf[..n.min(buf.len())], index) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Announcements lost (ENOBUFS on a busy node): wait for the
+                // kernel's answer instead.
+                Err(_) => watching = false,
+            }
+        }
+        if polled[0].revents != 0 {
+            let mut errno = [0u8; 4];
+            // SAFETY: reads at most 4 bytes into `errno`.
+            let got =
+                unsafe { nix::libc::read(answer_r.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+            if got != 4 {
+                return Err(Error::io(format!(
+                    "delete link {name}: the deleting process ended without an answer"
+                )));
+            }
+            return answer(i32::from_ne_bytes(errno), name);
+        }
+    }
+}
+
+fn answer(errno: i32, name: &str) -> Result<()> {
+    match errno {
+        0 | ENODEV => Ok(()),
+        e => Err(Error::io(format!(
+            "delete link {name}: {}",
+            std::io::Error::from_raw_os_error(e)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink message of `kind` with an ifinfomsg of `family` and `index`.
+    fn announcement(kind: u16, family: u8, index: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 32];
+        m[0..4].copy_from_slice(&32u32.to_ne_bytes());
+        m[4..6].copy_from_slice(&kind.to_ne_bytes());
+        m[16] = family;
+        m[20..24].copy_from_slice(&index.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn delete_request_is_an_acked_rtm_dellink_of_the_index() {
+        let m = del_request(7);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 32);
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), RTM_DELLINK);
+        assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 5);
+        assert_eq!(m[16], 0, "family AF_UNSPEC");
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 7);
+    }
+
+    #[test]
+    fn only_the_devices_own_deletion_counts() {
+        let bridge_port_left = announcement(RTM_DELLINK, 7, 5);
+        let other_link = announcement(RTM_DELLINK, 0, 6);
+        let new_link = announcement(16, 0, 5);
+        let deleted = announcement(RTM_DELLINK, 0, 5);
+        assert!(!announces_deletion(&bridge_port_left, 5));
+        assert!(!announces_deletion(&other_link, 5));
+        assert!(!announces_deletion(&new_link, 5));
+        let batch = [bridge_port_left, other_link, deleted].concat();
+        assert!(announces_deletion(&batch, 5));
+        assert!(
+            !announces_deletion(&batch[..40], 5),
+            "a cut message is not read"
+        );
+    }
+
+    #[test]
+    fn acks_and_errors_are_read() {
+        let mut ack = vec![0u8; 36];
+        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(ack_errno(&ack), Some(0));
+        ack[16..20].copy_from_slice(&(-ENODEV).to_ne_bytes());
+        assert_eq!(ack_errno(&ack), Some(ENODEV));
+        assert_eq!(ack_errno(&announcement(RTM_DELLINK, 0, 1)), None);
+        assert_eq!(ack_errno(&ack[..10]), None);
+        assert!(answer(ENODEV, "x").is_ok());
+        assert!(answer(nix::libc::EPERM, "x").is_err());
     }
 }

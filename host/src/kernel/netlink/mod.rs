@@ -171,7 +171,18 @@ impl Kernel for NetlinkKernel {
 
     fn link_delete(&mut self, ns: Ns, name: &str) -> Result<()> {
         let h = self.handle(ns)?;
-        self.block_on(link::delete(&h, name))
+        let Some(found) = self.block_on(link::get(&h, name))? else {
+            return Ok(());
+        };
+        let open = || {
+            link::DeleteSockets::open()
+                .map_err(|e| Error::io(format!("delete link {name}: open netlink socket: {e}")))
+        };
+        let socks = match ns {
+            Ns::Host => open()?,
+            Ns::Container => netns::within(&self.open_container()?.file, open)??,
+        };
+        link::delete_announced(socks, found.index, name)
     }
 
     fn addr_add(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()> {
