@@ -5,7 +5,7 @@
 //! whole invocation.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -86,44 +86,70 @@ impl DiskStore {
     }
 
     pub fn list(&mut self) -> Result<Vec<Reservation>> {
-        self.locked()?;
-        let entries = fs::read_dir(&self.dir).context(format!("read {}", self.dir.display()))?;
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.context(format!("read {}", self.dir.display()))?;
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok())
-            else {
-                continue; // lock, last_reserved_ip.*, anything else
-            };
-            let content = match fs::read_to_string(entry.path()) {
-                Ok(c) => c,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("read {}: {e}", entry.path().display()))),
-            };
-            let mut lines = content.trim().splitn(2, "\r\n");
+        self.scan(|ip, container_id, ifname| {
             out.push(Reservation {
                 ip,
-                container_id: lines.next().unwrap_or_default().trim().to_string(),
-                ifname: lines.next().unwrap_or_default().trim().to_string(),
-            });
-        }
+                container_id: container_id.to_string(),
+                ifname: ifname.to_string(),
+            })
+        })?;
         Ok(out)
     }
 
     /// Addresses held by the attachment. Files without an interface name
     /// (written by older host-local versions) match on the container ID.
     pub fn owned(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|r| {
-                r.container_id == container_id && (r.ifname == ifname || r.ifname.is_empty())
-            })
-            .map(|r| r.ip)
-            .collect())
+        let mut out = Vec::new();
+        self.scan(|ip, cid, ifn| {
+            if cid == container_id && (ifn == ifname || ifn.is_empty()) {
+                out.push(ip);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each(ip, container ID, ifname)` for every reservation file.
+    /// Every ADD looks for the attachment's earlier reservations and every
+    /// DEL for the ones to release, and the reference layout has no index,
+    /// so this reads every file: relative to the open directory (no path
+    /// walk per file) into one buffer.
+    fn scan(&mut self, mut each: impl FnMut(IpAddr, &str, &str)) -> Result<()> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::Mode;
+
+        self.locked()?;
+        let shown = || self.dir.display().to_string();
+        let dir = File::open(&self.dir).context(format!("read {}", shown()))?;
+        let entries = fs::read_dir(&self.dir).context(format!("read {}", shown()))?;
+        let mut buf = Vec::with_capacity(256);
+        for entry in entries {
+            let entry = entry.context(format!("read {}", shown()))?;
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue; // lock, last_reserved_ip.*, anything else
+            };
+            let file = match openat(
+                &dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => File::from(fd),
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(Error::io(format!("read {}/{ip}: {e}", shown()))),
+            };
+            buf.clear();
+            (&file)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(format!("read {}/{ip}: {e}", shown())))?;
+            let content = String::from_utf8_lossy(&buf);
+            let mut lines = content.trim().splitn(2, "\r\n");
+            let container_id = lines.next().unwrap_or_default().trim();
+            let ifname = lines.next().unwrap_or_default().trim();
+            each(ip, container_id, ifname);
+        }
+        Ok(())
     }
 
     pub fn release_owner(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
