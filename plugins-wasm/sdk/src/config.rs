@@ -9,8 +9,16 @@ use crate::{CniError, CniResult, Error, Request};
 /// (the CNI spec requires passing them through); a key with the wrong type is
 /// a code-7 error naming the key.
 pub fn parse_config<T: DeserializeOwned>(config: &str) -> Result<T, CniError> {
-    serde_json::from_str(config)
-        .map_err(|e| Error::config(format!("invalid network configuration: {e}")))
+    let mut json = serde_json::Deserializer::from_str(config);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key.is_empty() || key == "." {
+            Error::config(format!("invalid network configuration: {inner}"))
+        } else {
+            Error::config(format!("{key}: {inner}"))
+        }
+    })
 }
 
 /// The value of a `CNI_ARGS` key.
@@ -33,4 +41,35 @@ pub fn prev_result<'a>(req: &'a Request, plugin: &str) -> Result<&'a CniResult, 
 pub struct IpamConfig {
     #[serde(rename = "type", default)]
     pub kind: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Conf {
+        #[serde(default)]
+        #[allow(dead_code)]
+        mtu: Option<u32>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        ipam: IpamConfig,
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse_config::<Conf>(r#"{"mtu":"bad"}"#).unwrap_err();
+        assert_eq!(e.code, crate::code::INVALID_CONFIG);
+        assert!(e.msg.starts_with("mtu: invalid type"), "{}", e.msg);
+        let e = parse_config::<Conf>(r#"{"ipam":{"type":5}}"#).unwrap_err();
+        assert!(e.msg.starts_with("ipam.type: invalid type"), "{}", e.msg);
+        let e = parse_config::<Conf>("5").unwrap_err();
+        assert!(
+            e.msg.starts_with("invalid network configuration"),
+            "{}",
+            e.msg
+        );
+        assert!(parse_config::<Conf>(r#"{"mtu":1400,"other":true}"#).is_ok());
+    }
 }
