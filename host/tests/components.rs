@@ -350,7 +350,12 @@ fn bridge_config_errors_map_to_codes_before_any_kernel_call() {
         (json!({"mtu": 10}), &[], 7, "mtu"),
         (json!({"bridge": "a/b"}), &[], 7, "bridge"),
         (json!({"vlanTrunk": [{"id": 5}]}), &[], 2, "vlanTrunk"),
-        (json!({"hairpinMode": "yes"}), &[], 7, "hairpinMode: invalid type"),
+        (
+            json!({"hairpinMode": "yes"}),
+            &[],
+            7,
+            "hairpinMode: invalid type",
+        ),
     ];
     for (extra, args, code, needle) in cases {
         let data = TempDir::new().unwrap();
