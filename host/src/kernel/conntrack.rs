@@ -21,18 +21,14 @@ use std::io;
 use std::net::IpAddr;
 
 use nix::libc;
-// The netlink crates rtnetlink is built on, as it re-exports them.
-use rtnetlink::packet_core::{
-    NetlinkBuffer, NlasIterator, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST,
-};
-use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::firewall::{PortMapping, Protocol};
+use crate::kernel::nfnetlink::{
+    self, malformed, message, pad, Attr, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 
 // linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const NFNETLINK_V0: u8 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -44,12 +40,6 @@ const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const IPPROTO_UDP: u8 = 17;
-
-const HEADER_LEN: usize = 16;
-/// `struct nfgenmsg`: family, version, resource id.
-const NFGEN_LEN: usize = 4;
-/// Bigger than any datagram the kernel sends to a netlink dump (32 KiB).
-const RECV_BUF: usize = 64 * 1024;
 
 /// An address family of the conntrack table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,11 +176,19 @@ pub fn delete_udp_flows(family: Family, targets: &[HostPort]) -> io::Result<usiz
     if targets.is_empty() {
         return Ok(0);
     }
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-
-    let stale = dump_matching(&sock, family, targets).map_err(|e| {
+    let sock = nfnetlink::open()?;
+    let mut seq = 1;
+    let mut stale = Vec::new();
+    nfnetlink::dump(
+        &sock,
+        &mut seq,
+        |s| dump_request(s, family),
+        |attrs| {
+            stale.extend(parse_entry(attrs, targets)?);
+            Ok(())
+        },
+    )
+    .map_err(|e| {
         if e.raw_os_error() == Some(libc::EINVAL) {
             io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -202,9 +200,9 @@ pub fn delete_udp_flows(family: Family, targets: &[HostPort]) -> io::Result<usiz
     })?;
     let mut deleted = 0;
     let mut first_err = None;
-    for (seq, entry) in (2u32..).zip(&stale) {
+    for (seq, entry) in (seq..).zip(&stale) {
         let req = delete_request(seq, family, &entry.tuple, entry.zone.as_deref());
-        match sock.send(&req, 0).and_then(|_| ack(&sock, seq)) {
+        match nfnetlink::call(&sock, seq, &req) {
             Ok(()) => deleted += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => {
@@ -243,95 +241,15 @@ impl Orig {
     }
 }
 
-fn dump_matching(sock: &Socket, family: Family, targets: &[HostPort]) -> io::Result<Vec<Stale>> {
-    const SEQ: u32 = 1;
-    sock.send(&dump_request(SEQ, family), 0)?;
-    let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        let n = sock.recv(&mut buf, 0)?;
-        if n > buf.len() {
-            return Err(bad("conntrack dump datagram truncated"));
-        }
-        for msg in messages(&buf)? {
-            if msg.sequence_number() != SEQ {
-                continue;
-            }
-            match msg.message_type() {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    error_code(msg.payload())?;
-                }
-                t if t == ct_type(IPCTNL_MSG_CT_GET) || t == ct_type(IPCTNL_MSG_CT_NEW) => {
-                    if let Some(stale) = parse_entry(msg.payload(), targets)? {
-                        out.push(stale);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// `IPCTNL_MSG_CT_NEW`: the type the kernel gives dumped entries.
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-
-/// Waits for the kernel's answer to request `seq`.
-fn ack(sock: &Socket, seq: u32) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        sock.recv(&mut buf, 0)?;
-        for msg in messages(&buf)? {
-            if msg.sequence_number() == seq && msg.message_type() == NLMSG_ERROR {
-                return error_code(msg.payload());
-            }
-        }
-    }
-}
-
-/// The netlink messages of one datagram.
-fn messages(mut buf: &[u8]) -> io::Result<Vec<NetlinkBuffer<&[u8]>>> {
-    let mut out = Vec::new();
-    while buf.len() >= HEADER_LEN {
-        let msg = NetlinkBuffer::new_checked(buf).map_err(|e| bad(format!("netlink: {e}")))?;
-        let len = msg.length() as usize;
-        let next = align4(len).min(buf.len());
-        out.push(NetlinkBuffer::new(&buf[..len]));
-        buf = &buf[next..];
-    }
-    Ok(out)
-}
-
-/// The errno of an `NLMSG_ERROR` payload; Ok for an acknowledgement.
-fn error_code(payload: &[u8]) -> io::Result<()> {
-    let code = payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_ne_bytes)
-        .ok_or_else(|| bad("netlink error message too short"))?;
-    match code {
-        0 => Ok(()),
-        c => Err(io::Error::from_raw_os_error(c.saturating_neg())),
-    }
-}
-
-/// The entry of a dumped message, when its original direction matches.
+/// The entry of a dumped message's attributes, when its original
+/// direction matches.
 fn parse_entry(payload: &[u8], targets: &[HostPort]) -> io::Result<Option<Stale>> {
-    let attrs = payload
-        .get(NFGEN_LEN..)
-        .ok_or_else(|| bad("conntrack message too short"))?;
     let mut tuple = None;
     let mut zone = None;
-    for nla in NlasIterator::new(attrs) {
-        let nla = nla.map_err(|e| bad(format!("conntrack attribute: {e}")))?;
-        let (kind, len) = (nla.kind() & NLA_TYPE_MASK, nla.length() as usize);
-        let whole = nla.into_inner();
-        let raw = whole.get(..len).unwrap_or(whole);
-        match kind {
-            CTA_TUPLE_ORIG => tuple = Some((raw, parse_tuple(nla.value())?)),
-            CTA_ZONE => zone = Some(raw.to_vec()),
+    for a in ct_attrs("attribute", payload)? {
+        match a.kind {
+            CTA_TUPLE_ORIG => tuple = Some((a.raw, parse_tuple(a.value)?)),
+            CTA_ZONE => zone = Some(a.raw.to_vec()),
             _ => {}
         }
     }
@@ -346,14 +264,12 @@ fn parse_entry(payload: &[u8], targets: &[HostPort]) -> io::Result<Option<Stale>
 
 fn parse_tuple(value: &[u8]) -> io::Result<Orig> {
     let mut orig = Orig::default();
-    for nla in NlasIterator::new(value) {
-        let nla = nla.map_err(|e| bad(format!("conntrack tuple: {e}")))?;
-        match nla.kind() & NLA_TYPE_MASK {
+    for a in ct_attrs("tuple", value)? {
+        match a.kind {
             CTA_TUPLE_IP => {
-                for ip in NlasIterator::new(nla.value()) {
-                    let ip = ip.map_err(|e| bad(format!("conntrack address: {e}")))?;
-                    let v = ip.value();
-                    orig.dst = match (ip.kind() & NLA_TYPE_MASK, v.len()) {
+                for ip in ct_attrs("address", a.value)? {
+                    let v = ip.value;
+                    orig.dst = match (ip.kind, v.len()) {
                         (CTA_IP_V4_DST, 4) => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
                         (CTA_IP_V6_DST, 16) => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
                         _ => orig.dst,
@@ -361,10 +277,9 @@ fn parse_tuple(value: &[u8]) -> io::Result<Orig> {
                 }
             }
             CTA_TUPLE_PROTO => {
-                for p in NlasIterator::new(nla.value()) {
-                    let p = p.map_err(|e| bad(format!("conntrack protocol: {e}")))?;
-                    let v = p.value();
-                    match p.kind() & NLA_TYPE_MASK {
+                for p in ct_attrs("protocol", a.value)? {
+                    let v = p.value;
+                    match p.kind {
                         CTA_PROTO_NUM => orig.proto = v.first().copied(),
                         CTA_PROTO_DST_PORT => {
                             orig.dport = <[u8; 2]>::try_from(v).ok().map(u16::from_be_bytes)
@@ -379,60 +294,58 @@ fn parse_tuple(value: &[u8]) -> io::Result<Orig> {
     Ok(orig)
 }
 
-fn ct_type(msg: u16) -> u16 {
-    (NFNL_SUBSYS_CTNETLINK << 8) | msg
-}
-
-/// A ctnetlink request: netlink header, `nfgenmsg`, then `attrs`.
-fn request(msg: u16, flags: u16, seq: u32, family: Family, attrs: &[&[u8]]) -> Vec<u8> {
-    let len = HEADER_LEN + NFGEN_LEN + attrs.iter().map(|a| align4(a.len())).sum::<usize>();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&ct_type(msg).to_ne_bytes());
-    buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    buf.extend_from_slice(&[family.af(), NFNETLINK_V0, 0, 0]);
-    for a in attrs {
-        buf.extend_from_slice(a);
-        buf.resize(align4(buf.len()), 0);
-    }
-    buf
+/// The attributes in `b`; when they are malformed, an error naming which
+/// part of a conntrack entry `b` is.
+fn ct_attrs<'a>(what: &str, b: &'a [u8]) -> io::Result<Vec<Attr<'a>>> {
+    nfnetlink::attrs(b).map_err(|e| malformed(format!("conntrack {what}: {e}")))
 }
 
 fn dump_request(seq: u32, family: Family) -> Vec<u8> {
     request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, seq, family, &[])
 }
 
+/// Deletes the entry of `tuple` and `zone`, attributes as dumped.
 fn delete_request(seq: u32, family: Family, tuple: &[u8], zone: Option<&[u8]>) -> Vec<u8> {
-    let attrs: Vec<&[u8]> = std::iter::once(tuple).chain(zone).collect();
+    let mut attrs = Vec::new();
+    for a in std::iter::once(tuple).chain(zone) {
+        attrs.extend_from_slice(a);
+        pad(&mut attrs);
+    }
     request(IPCTNL_MSG_CT_DELETE, NLM_F_ACK, seq, family, &attrs)
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+/// A ctnetlink request about entries of `family`.
+fn request(msg: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
+    message(
+        NFNL_SUBSYS_CTNETLINK,
+        msg,
+        NLM_F_REQUEST | flags,
+        seq,
+        family.af(),
+        0,
+        attrs,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bindings::IpAddress;
+    use crate::kernel::nfnetlink::{put_attr, put_nested};
 
     /// A netlink attribute with its 4-byte header, padded.
     fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        v.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(value);
-        v.resize(align4(v.len()), 0);
+        put_attr(&mut v, kind, value);
         v
     }
 
-    const NESTED: u16 = 0x8000;
+    /// An attribute holding the attributes `inner`.
+    fn nested(kind: u16, inner: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_nested(&mut v, kind, |b| b.extend_from_slice(inner));
+        v
+    }
 
     /// `CTA_TUPLE_ORIG` of a flow `src:sport -> dst:dport` of `proto`.
     fn orig_tuple(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
@@ -443,21 +356,16 @@ mod tests {
             nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
         ]
         .concat();
-        let inner = [
-            nla(CTA_TUPLE_IP | NESTED, &ip),
-            nla(CTA_TUPLE_PROTO | NESTED, &pr),
-        ]
-        .concat();
-        nla(CTA_TUPLE_ORIG | NESTED, &inner)
+        let inner = [nested(CTA_TUPLE_IP, &ip), nested(CTA_TUPLE_PROTO, &pr)].concat();
+        nested(CTA_TUPLE_ORIG, &inner)
     }
 
-    /// The payload of a dumped entry: nfgenmsg, orig and reply tuples,
-    /// status, and a zone when given.
+    /// The attributes of a dumped entry: orig and reply tuples, status,
+    /// and a zone when given.
     fn entry(orig: &[u8], zone: Option<u16>) -> Vec<u8> {
         let reply = orig_tuple([10, 0, 0, 9], [198, 51, 100, 2], 17, 53, 40000);
-        let mut p = vec![libc::AF_INET as u8, 0, 0, 0];
-        p.extend_from_slice(orig);
-        p.extend_from_slice(&nla(2 | NESTED, &reply[4..]));
+        let mut p = orig.to_vec();
+        p.extend_from_slice(&nested(2, &reply[4..]));
         p.extend_from_slice(&nla(3, &8u32.to_be_bytes()));
         if let Some(z) = zone {
             p.extend_from_slice(&nla(CTA_ZONE, &z.to_be_bytes()));
@@ -550,26 +458,26 @@ mod tests {
     fn malformed_entries_are_errors_not_panics() {
         assert!(parse_entry(&[2, 0], &[]).is_err());
         let mut e = entry(&orig_tuple([1; 4], [2; 4], 17, 1, 2), None);
-        e[4] = 0xff; // first attribute longer than the message
-        assert!(parse_entry(
+        e[0] = 0xff; // first attribute longer than the message
+        let err = parse_entry(
             &e,
             &[HostPort {
                 port: 2,
-                addr: None
-            }]
+                addr: None,
+            }],
         )
-        .is_err());
-        assert!(error_code(&[0, 0]).is_err());
-        assert!(messages(&[0xff; 20]).is_err());
+        .expect_err("malformed");
+        assert!(
+            err.to_string().starts_with("conntrack attribute: "),
+            "{err}"
+        );
     }
 
     #[test]
-    fn netlink_errors_become_errno() {
-        assert!(error_code(&0i32.to_ne_bytes()).is_ok());
-        let e = error_code(&(-93i32).to_ne_bytes()).expect_err("an error");
-        assert_eq!(e.raw_os_error(), Some(93));
+    fn kernel_without_conntrack_is_unsupported() {
+        let e = nfnetlink::acked(&(-93i32).to_ne_bytes()).expect_err("an error");
         assert!(unsupported(&e));
-        let e = error_code(&(-1i32).to_ne_bytes()).expect_err("an error");
+        let e = nfnetlink::acked(&(-1i32).to_ne_bytes()).expect_err("an error");
         assert!(!unsupported(&e));
     }
 

@@ -6,6 +6,7 @@ pub mod conntrack;
 pub(crate) mod detach;
 pub mod netlink;
 pub(crate) mod netns;
+pub(crate) mod nfnetlink;
 mod sysctl;
 
 pub use netlink::NetlinkKernel;

@@ -4,16 +4,23 @@
 //! no listing of anything but the sets asked for.
 //!
 //! Layout, as the kernel expects it (`include/uapi/linux/netfilter/
-//! nf_tables.h`): every message is a netlink header, a `nfgenmsg` (family,
-//! version, resource id) and attributes; integers inside attributes are big
+//! nf_tables.h`): every message is nfnetlink framed (see
+//! [`crate::kernel::nfnetlink`]); integers inside attributes are big
 //! endian; a set key is its fields' bytes in network order, each field
 //! padded to a multiple of four bytes (the kernel's registers).
 
 use std::io;
-use std::time::Duration;
 
-use netlink_sys::{constants::NETLINK_NETFILTER, Socket};
+use netlink_sys::Socket;
 
+use crate::kernel::nfnetlink::{
+    self, attrs, message, messages, put_attr, put_nested, put_str, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+
+/// Batch begin and end belong to no subsystem; their resource id names
+/// the subsystem of the batch.
+const NFNL_SUBSYS_NONE: u16 = 0;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -23,19 +30,6 @@ const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFPROTO_INET: u8 = 1;
 
@@ -61,9 +55,6 @@ const RULE_USERDATA: u16 = 7;
 /// `NFTNL_UDATA_SET_ELEM_COMMENT` / `NFTNL_UDATA_RULE_COMMENT`), so
 /// `nft list` shows it.
 const UDATA_COMMENT: u8 = 0;
-
-/// How long to wait for the kernel's answer before giving up.
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One element of a set or map, in the kernel's byte layout.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,30 +95,16 @@ impl Failure {
     }
 }
 
+/// A socket already given up (only while dropping).
+const CLOSED: Failure = Failure {
+    errno: libc::EBADF,
+    index: None,
+};
+
 /// `ENOENT`: the table, set or chain does not exist.
 pub const ENOENT: i32 = libc::ENOENT;
 /// `EEXIST`: the element is there already.
 pub const EEXIST: i32 = libc::EEXIST;
-
-fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn put_str(buf: &mut Vec<u8>, kind: u16, s: &str) {
-    let mut b = s.as_bytes().to_vec();
-    b.push(0);
-    put_attr(buf, kind, &b);
-}
-
-fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    fill(&mut inner);
-    put_attr(buf, kind | NLA_F_NESTED, &inner);
-}
 
 fn put_data(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     put_nested(buf, kind, |b| put_attr(b, DATA_VALUE, value));
@@ -157,26 +134,6 @@ fn comment_of_udata(mut u: &[u8]) -> String {
     String::new()
 }
 
-/// A netlink message: header, `nfgenmsg`, attributes.
-fn message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.push(family);
-    m.push(0); // NFNETLINK_V0
-    m.extend_from_slice(&res_id.to_be_bytes());
-    m.extend_from_slice(attrs);
-    m
-}
-
-fn nft_type(cmd: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | cmd
-}
-
 fn element_attrs(table: &str, set: &str, e: &Element, with_comment: bool) -> Vec<u8> {
     let mut a = Vec::new();
     put_str(&mut a, LIST_TABLE, table);
@@ -201,7 +158,7 @@ fn element_attrs(table: &str, set: &str, e: &Element, with_comment: bool) -> Vec
 /// The messages of one transaction of table `table` (family `inet`).
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// (message type, flags, attributes)
+    /// (nf_tables message, flags, attributes)
     msgs: Vec<(u16, u16, Vec<u8>)>,
 }
 
@@ -211,9 +168,9 @@ impl Batch {
     }
 
     fn deletes(&self) -> bool {
-        self.msgs.iter().any(|(kind, _, _)| {
-            *kind == nft_type(NFT_MSG_DELSETELEM) || *kind == nft_type(NFT_MSG_DELRULE)
-        })
+        self.msgs
+            .iter()
+            .any(|(cmd, _, _)| *cmd == NFT_MSG_DELSETELEM || *cmd == NFT_MSG_DELRULE)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -227,7 +184,7 @@ impl Batch {
     /// Adds an element; an identical element already there is no error.
     pub fn add(&mut self, table: &str, set: &str, e: &Element) {
         self.msgs.push((
-            nft_type(NFT_MSG_NEWSETELEM),
+            NFT_MSG_NEWSETELEM,
             NLM_F_CREATE,
             element_attrs(table, set, e, true),
         ));
@@ -236,18 +193,15 @@ impl Batch {
     /// Adds an element that must not exist yet (`EEXIST` otherwise).
     pub fn add_new(&mut self, table: &str, set: &str, e: &Element) {
         self.msgs.push((
-            nft_type(NFT_MSG_NEWSETELEM),
+            NFT_MSG_NEWSETELEM,
             NLM_F_CREATE | NLM_F_EXCL,
             element_attrs(table, set, e, true),
         ));
     }
 
     pub fn delete(&mut self, table: &str, set: &str, e: &Element) {
-        self.msgs.push((
-            nft_type(NFT_MSG_DELSETELEM),
-            0,
-            element_attrs(table, set, e, false),
-        ));
+        self.msgs
+            .push((NFT_MSG_DELSETELEM, 0, element_attrs(table, set, e, false)));
     }
 
     pub fn delete_rule(&mut self, table: &str, chain: &str, handle: u64) {
@@ -255,12 +209,13 @@ impl Batch {
         put_str(&mut a, RULE_TABLE, table);
         put_str(&mut a, RULE_CHAIN, chain);
         put_attr(&mut a, RULE_HANDLE, &handle.to_be_bytes());
-        self.msgs.push((nft_type(NFT_MSG_DELRULE), 0, a));
+        self.msgs.push((NFT_MSG_DELRULE, 0, a));
     }
 
     /// The whole batch as bytes, messages numbered from `seq`.
     fn encode(&self, seq: u32) -> Vec<u8> {
         let mut out = message(
+            NFNL_SUBSYS_NONE,
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
             seq,
@@ -268,9 +223,10 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
-        for (i, (kind, flags, attrs)) in self.msgs.iter().enumerate() {
+        for (i, (cmd, flags, attrs)) in self.msgs.iter().enumerate() {
             out.extend(message(
-                *kind,
+                NFNL_SUBSYS_NFTABLES,
+                *cmd,
                 NLM_F_REQUEST | NLM_F_ACK | flags,
                 seq + 1 + i as u32,
                 NFPROTO_INET,
@@ -279,6 +235,7 @@ impl Batch {
             ));
         }
         out.extend(message(
+            NFNL_SUBSYS_NONE,
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
             seq + 1 + self.msgs.len() as u32,
@@ -290,101 +247,50 @@ impl Batch {
     }
 }
 
-/// Attributes of a payload, as (type without flags, value).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = &b[len.next_multiple_of(4).min(b.len())..];
-        Some((kind, value))
-    })
+fn data_value(nested: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    Ok(attrs(nested)?
+        .into_iter()
+        .find(|a| a.kind == DATA_VALUE)
+        .map(|a| a.value.to_vec()))
 }
 
-fn data_value(nested: &[u8]) -> Option<Vec<u8>> {
-    attrs(nested)
-        .find(|(k, _)| *k == DATA_VALUE)
-        .map(|(_, v)| v.to_vec())
-}
-
-fn parse_elements(payload: &[u8], out: &mut Vec<Element>) {
-    for (kind, list) in attrs(payload) {
-        if kind != LIST_ELEMENTS {
+fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> io::Result<()> {
+    for list in attrs(payload)? {
+        if list.kind != LIST_ELEMENTS {
             continue;
         }
-        for (_, el) in attrs(list).filter(|(k, _)| *k == LIST_ELEM) {
+        for el in attrs(list.value)? {
+            if el.kind != LIST_ELEM {
+                continue;
+            }
             let mut e = Element::default();
-            for (k, v) in attrs(el) {
-                match k {
-                    ELEM_KEY => e.key = data_value(v).unwrap_or_default(),
-                    ELEM_KEY_END => e.key_end = data_value(v),
-                    ELEM_DATA => e.data = data_value(v),
-                    ELEM_USERDATA => e.comment = comment_of_udata(v),
+            for a in attrs(el.value)? {
+                match a.kind {
+                    ELEM_KEY => e.key = data_value(a.value)?.unwrap_or_default(),
+                    ELEM_KEY_END => e.key_end = data_value(a.value)?,
+                    ELEM_DATA => e.data = data_value(a.value)?,
+                    ELEM_USERDATA => e.comment = comment_of_udata(a.value),
                     _ => {}
                 }
             }
             out.push(e);
         }
     }
+    Ok(())
 }
 
-fn parse_rule(payload: &[u8]) -> Option<Rule> {
+/// The rule of a dumped payload; `None` without a handle.
+fn parse_rule(payload: &[u8]) -> io::Result<Option<Rule>> {
     let mut handle = None;
     let mut comment = String::new();
-    for (k, v) in attrs(payload) {
-        match k {
-            RULE_HANDLE => handle = Some(u64::from_be_bytes(v.try_into().ok()?)),
-            RULE_USERDATA => comment = comment_of_udata(v),
+    for a in attrs(payload)? {
+        match a.kind {
+            RULE_HANDLE => handle = a.value.try_into().ok().map(u64::from_be_bytes),
+            RULE_USERDATA => comment = comment_of_udata(a.value),
             _ => {}
         }
     }
-    Some(Rule {
-        handle: handle?,
-        comment,
-    })
-}
-
-/// A netlink message as received: type, flags, sequence, payload after the
-/// header.
-struct Received<'a> {
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-fn messages(mut b: &[u8]) -> impl Iterator<Item = Received<'_>> {
-    std::iter::from_fn(move || {
-        if b.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len < 16 || len > b.len() {
-            return None;
-        }
-        let m = Received {
-            kind: u16::from_ne_bytes([b[4], b[5]]),
-            flags: u16::from_ne_bytes([b[6], b[7]]),
-            seq: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-            payload: &b[16..len],
-        };
-        b = &b[len.next_multiple_of(4).min(b.len())..];
-        Some(m)
-    })
-}
-
-/// The errno of an `NLMSG_ERROR` payload (0 for an acknowledgement).
-fn error_code(payload: &[u8]) -> i32 {
-    payload
-        .get(..4)
-        .map(|b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(libc::EIO)
+    Ok(handle.map(|handle| Rule { handle, comment }))
 }
 
 /// A netfilter netlink socket in the current network namespace.
@@ -461,12 +367,7 @@ fn release_in_background(sock: Socket) {
 
 impl Conn {
     pub fn open() -> io::Result<Conn> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        sock.set_cap_ack(true)?;
-        let tv = nix::sys::time::TimeVal::new(TIMEOUT.as_secs() as i64, 0);
-        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-            .map_err(io::Error::from)?;
+        let sock = nfnetlink::open()?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -485,17 +386,7 @@ impl Conn {
     }
 
     fn sock(&self) -> Result<&Socket, Failure> {
-        self.sock.as_ref().ok_or(Failure {
-            errno: libc::EBADF,
-            index: None,
-        })
-    }
-
-    fn recv(&self) -> Result<Vec<u8>, Failure> {
-        self.sock()?
-            .recv_from_full()
-            .map(|(b, _)| b)
-            .map_err(Failure::io)
+        self.sock.as_ref().ok_or(CLOSED)
     }
 
     /// Sends the batch as one transaction: all of it applies, or none.
@@ -511,12 +402,14 @@ impl Conn {
         let mut answered = 0;
         let mut first: Option<Failure> = None;
         while answered < n {
-            let buf = self.recv()?;
-            for m in messages(&buf) {
+            let buf = nfnetlink::receive(self.sock()?).map_err(Failure::io)?;
+            for m in messages(&buf).map_err(Failure::io)? {
                 if m.kind != NLMSG_ERROR {
                     continue;
                 }
-                let errno = error_code(m.payload);
+                let errno = nfnetlink::acked(m.payload)
+                    .err()
+                    .map_or(0, |e| Failure::io(e).errno);
                 if m.seq == seq {
                     // The batch itself was refused; nothing else comes.
                     return Err(Failure { errno, index: None });
@@ -539,57 +432,29 @@ impl Conn {
         first.map_or(Ok(()), Err)
     }
 
-    /// Dumps with `request` and hands every answer's payload (after the
-    /// `nfgenmsg`) to `each`. A dump the kernel marks interrupted by a
-    /// concurrent change is read again.
-    fn dump(&mut self, cmd: u16, attrs: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), Failure> {
-        for _ in 0..3 {
-            let seq = self.next_seq(0);
-            let req = message(
-                nft_type(cmd),
+    /// Dumps with nf_tables message `cmd` and hands every answer's
+    /// attributes to `each`; a dump interrupted by a concurrent change is
+    /// read again.
+    fn dump(
+        &mut self,
+        cmd: u16,
+        attrs: &[u8],
+        each: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), Failure> {
+        let request = |seq| {
+            message(
+                NFNL_SUBSYS_NFTABLES,
+                cmd,
                 NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
                 seq,
                 NFPROTO_INET,
                 0,
                 attrs,
-            );
-            self.sock()?.send(&req, 0).map_err(Failure::io)?;
-            let mut payloads: Vec<Vec<u8>> = Vec::new();
-            let mut interrupted = false;
-            'read: loop {
-                let buf = self.recv()?;
-                for m in messages(&buf) {
-                    if m.seq != seq {
-                        continue;
-                    }
-                    interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
-                    match m.kind {
-                        NLMSG_DONE => break 'read,
-                        NLMSG_ERROR => {
-                            let errno = error_code(m.payload);
-                            if errno == 0 {
-                                break 'read;
-                            }
-                            return Err(Failure { errno, index: None });
-                        }
-                        // Every other message of this sequence is an answer.
-                        _ => {
-                            if let Some(p) = m.payload.get(4..) {
-                                payloads.push(p.to_vec());
-                            }
-                        }
-                    }
-                }
-            }
-            if !interrupted {
-                payloads.iter().for_each(|p| each(p));
-                return Ok(());
-            }
-        }
-        Err(Failure {
-            errno: libc::EAGAIN, // kept changing while listed
-            index: None,
-        })
+            )
+        };
+        let Conn { sock, seq, .. } = self;
+        let sock = sock.as_ref().ok_or(CLOSED)?;
+        nfnetlink::dump(sock, seq, request, each).map_err(Failure::io)
     }
 
     /// The elements of `set`; `ENOENT` when the table or set is missing.
@@ -608,7 +473,10 @@ impl Conn {
         put_str(&mut a, RULE_TABLE, table);
         put_str(&mut a, RULE_CHAIN, chain);
         let mut out = Vec::new();
-        self.dump(NFT_MSG_GETRULE, &a, |p| out.extend(parse_rule(p)))?;
+        self.dump(NFT_MSG_GETRULE, &a, |p| {
+            out.extend(parse_rule(p)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 }
@@ -627,13 +495,13 @@ mod tests {
         };
         let attrs = element_attrs("t", "s", &e, true);
         let mut out = Vec::new();
-        parse_elements(&attrs, &mut out);
+        parse_elements(&attrs, &mut out).expect("parses");
         assert_eq!(out, vec![e.clone()]);
         // The comment is stored as nft stores it: type 0, length with NUL.
         assert_eq!(&comment_udata("ab")[..], &[0, 3, b'a', b'b', 0]);
         // Without the comment for deletes.
         let mut out = Vec::new();
-        parse_elements(&element_attrs("t", "s", &e, false), &mut out);
+        parse_elements(&element_attrs("t", "s", &e, false), &mut out).expect("parses");
         assert_eq!(out[0].comment, "");
     }
 
@@ -643,14 +511,19 @@ mod tests {
         b.add("t", "s", &Element::default());
         b.delete("t", "s", &Element::default());
         let bytes = b.encode(100);
-        let msgs: Vec<_> = messages(&bytes).map(|m| (m.kind, m.seq)).collect();
+        let msgs: Vec<_> = messages(&bytes)
+            .expect("parses")
+            .iter()
+            .map(|m| (m.kind, m.flags, m.seq))
+            .collect();
+        let nft = |cmd| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
         assert_eq!(
             msgs,
             vec![
-                (NFNL_MSG_BATCH_BEGIN, 100),
-                (nft_type(NFT_MSG_NEWSETELEM), 101),
-                (nft_type(NFT_MSG_DELSETELEM), 102),
-                (NFNL_MSG_BATCH_END, 103)
+                (NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 100),
+                (nft(NFT_MSG_NEWSETELEM), 0x405, 101), // REQUEST | ACK | CREATE
+                (nft(NFT_MSG_DELSETELEM), 0x005, 102), // REQUEST | ACK
+                (NFNL_MSG_BATCH_END, NLM_F_REQUEST, 103)
             ]
         );
     }
