@@ -3,6 +3,17 @@
 //! `"<containerID>\r\n<ifname>"` (older files: the container ID alone),
 //! `last_reserved_ip.<range>`, and an flock on `<dir>/lock` held for the
 //! whole invocation.
+//!
+//! The reference layout has no index: finding an attachment's reservations
+//! means reading every file, which grows with the pods on the node (5 µs a
+//! file here). So each reservation made here is also noted in
+//! `<dir>/.wasm-cni-attachments/<containerID>@<ifname>` (one address per
+//! line; the reference plugin reads it and finds no reservation in it), and
+//! ADD, CHECK and DEL look there first, checking each address's file still
+//! names the attachment. DEL reads every file only when the index knows
+//! nothing of the attachment: reservations another writer (the reference
+//! plugin, an older version) made are still released. What the index does
+//! not see is an ADD's duplicate check against those foreign reservations.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -26,6 +37,8 @@ pub struct DiskStore {
 }
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// Per-attachment index of the reservations made here (see the module doc).
+const INDEX_DIR: &str = ".wasm-cni-attachments";
 
 impl DiskStore {
     pub fn new(dir: PathBuf) -> Self {
@@ -62,10 +75,13 @@ impl DiskStore {
             .open(&path);
         match file {
             Ok(mut f) => {
-                let written = f.write_all(format!("{container_id}\r\n{ifname}").as_bytes());
+                let written = f
+                    .write_all(format!("{container_id}\r\n{ifname}").as_bytes())
+                    .map_err(|e| Error::io(format!("write {}: {e}", path.display())))
+                    .and_then(|()| self.index_add(ip, container_id, ifname));
                 if let Err(e) = written {
                     let _ = fs::remove_file(&path);
-                    return Err(Error::io(format!("write {}: {e}", path.display())));
+                    return Err(e);
                 }
                 Ok(true)
             }
@@ -76,6 +92,13 @@ impl DiskStore {
 
     pub fn release(&mut self, ip: IpAddr) -> Result<()> {
         self.locked()?;
+        if let Some((container_id, ifname)) = self.holder(ip)? {
+            self.index_remove(ip, &container_id, &ifname)?;
+        }
+        self.remove(ip)
+    }
+
+    fn remove(&mut self, ip: IpAddr) -> Result<()> {
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -97,9 +120,32 @@ impl DiskStore {
         Ok(out)
     }
 
-    /// Addresses held by the attachment. Files without an interface name
-    /// (written by older host-local versions) match on the container ID.
+    /// Addresses the index holds for the attachment whose files still name
+    /// it (see the module doc).
     pub fn owned(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        self.locked()?;
+        let Some(path) = self.index_path(container_id, ifname) else {
+            return Ok(Vec::new());
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("read {}: {e}", path.display()))),
+        };
+        let mut out = Vec::new();
+        for ip in text.lines().filter_map(|l| l.trim().parse::<IpAddr>().ok()) {
+            let held = self.holder(ip)?;
+            if held.is_some_and(|(c, i)| c == container_id && i == ifname) && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Addresses held by the attachment, read from every file. Files
+    /// without an interface name (written by older host-local versions)
+    /// match on the container ID.
+    fn owned_by_scan(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         let mut out = Vec::new();
         self.scan(|ip, cid, ifn| {
             if cid == container_id && (ifn == ifname || ifn.is_empty()) {
@@ -107,6 +153,89 @@ impl DiskStore {
             }
         })?;
         Ok(out)
+    }
+
+    /// The attachment `<dir>/<ip>` names, if the file exists.
+    fn holder(&self, ip: IpAddr) -> Result<Option<(String, String)>> {
+        let path = self.dir.join(ip.to_string());
+        match fs::read_to_string(&path) {
+            Ok(content) => {
+                let mut lines = content.trim().splitn(2, "\r\n");
+                let cid = lines.next().unwrap_or_default().trim().to_string();
+                let ifname = lines.next().unwrap_or_default().trim().to_string();
+                Ok(Some((cid, ifname)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}: {e}", path.display()))),
+        }
+    }
+
+    /// The attachment's index file. The names come from the plugin: only
+    /// a container ID of the spec's alphabet (which has no `@`, so the name
+    /// is the attachment's alone) and a valid interface name make a path;
+    /// anything else is not indexed (and found by a scan).
+    fn index_path(&self, container_id: &str, ifname: &str) -> Option<PathBuf> {
+        let id_ok = container_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let if_ok = !ifname.is_empty()
+            && ifname.len() <= 15
+            && ifname != "."
+            && ifname != ".."
+            && !ifname
+                .chars()
+                .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
+        (id_ok && if_ok).then(|| {
+            self.dir
+                .join(INDEX_DIR)
+                .join(format!("{container_id}@{ifname}"))
+        })
+    }
+
+    fn index_add(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<()> {
+        let Some(path) = self.index_path(container_id, ifname) else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).context(format!("create {}", dir.display()))?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{ip}\n").as_bytes()))
+            .context(format!("write {}", path.display()))
+    }
+
+    /// Drops `ip` from the attachment's index; the file goes with its last
+    /// address.
+    fn index_remove(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<()> {
+        let Some(path) = self.index_path(container_id, ifname) else {
+            return Ok(());
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("read {}: {e}", path.display()))),
+        };
+        let rest: String = text
+            .lines()
+            .filter(|l| l.trim().parse::<IpAddr>().ok() != Some(ip))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let done = if rest.trim().is_empty() {
+            fs::remove_file(&path)
+        } else {
+            fs::write(&path, rest)
+        };
+        match done {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(Error::io(format!("update {}: {e}", path.display())))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Calls `each(ip, container ID, ifname)` for every reservation file.
@@ -152,12 +281,25 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Releases the attachment's addresses: the index's, or, when it knows
+    /// none, those found by reading every file.
     pub fn release_owner(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let ips = self.owned(container_id, ifname)?;
-        for ip in &ips {
-            self.release(*ip)?;
+        let mut ips = self.owned(container_id, ifname)?;
+        if ips.is_empty() {
+            ips = self.owned_by_scan(container_id, ifname)?;
         }
-        Ok(ips)
+        for ip in &ips {
+            self.remove(*ip)?;
+        }
+        match self
+            .index_path(container_id, ifname)
+            .map(|p| (fs::remove_file(&p), p))
+        {
+            Some((Err(e), p)) if e.kind() != ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}: {e}", p.display())))
+            }
+            _ => Ok(ips),
+        }
     }
 
     pub fn last_reserved(&mut self, range_id: u32) -> Result<Option<IpAddr>> {
@@ -199,13 +341,66 @@ mod tests {
             "10.1.0.2"
         );
         assert!(dir.join("lock").exists());
-        // A legacy file without an interface name belongs to its container.
-        fs::write(dir.join("fd00::5"), "c1").unwrap();
-        let mut owned = s.owned("c1", "eth0").unwrap();
-        owned.sort();
-        assert_eq!(owned.len(), 2);
-        assert_eq!(s.release_owner("c1", "eth0").unwrap().len(), 2);
+        assert_eq!(s.owned("c1", "eth0").unwrap(), [ip]);
+        assert_eq!(s.release_owner("c1", "eth0").unwrap(), [ip]);
         assert!(s.list().unwrap().is_empty());
         assert!(dir.join("last_reserved_ip.0").exists());
+        assert!(!dir.join(INDEX_DIR).join("c1@eth0").exists());
+    }
+
+    #[test]
+    fn reservations_of_other_writers_are_released_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net1");
+        let mut s = DiskStore::new(dir.clone());
+        s.reserve("10.1.0.2".parse().unwrap(), "c2", "eth0")
+            .unwrap();
+        // The reference plugin's reservation, and a legacy file without an
+        // interface name: not in the index, found by DEL's scan.
+        fs::write(dir.join("10.1.0.3"), "c1\r\neth0").unwrap();
+        fs::write(dir.join("fd00::5"), "c1").unwrap();
+        assert!(s.owned("c1", "eth0").unwrap().is_empty());
+        let mut released = s.release_owner("c1", "eth0").unwrap();
+        released.sort();
+        assert_eq!(released.len(), 2);
+        assert_eq!(s.list().unwrap().len(), 1, "c2 keeps its address");
+    }
+
+    #[test]
+    fn the_index_follows_releases_and_outside_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net1");
+        let mut s = DiskStore::new(dir.clone());
+        let (a, b): (IpAddr, IpAddr) = ("10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap());
+        s.reserve(a, "c1", "eth0").unwrap();
+        s.reserve(b, "c1", "eth0").unwrap();
+        s.release(a).unwrap();
+        assert_eq!(s.owned("c1", "eth0").unwrap(), [b]);
+        // The file removed (and reused) by another writer: not ours any more.
+        fs::write(dir.join(b.to_string()), "c9\r\neth0").unwrap();
+        assert!(s.owned("c1", "eth0").unwrap().is_empty());
+        // Same container, other interface: a separate attachment.
+        s.reserve("10.1.0.4".parse().unwrap(), "c1", "net1")
+            .unwrap();
+        assert!(s.owned("c1", "eth0").unwrap().is_empty());
+        assert_eq!(s.owned("c1", "net1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_from_the_plugin_never_leave_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net1");
+        let mut s = DiskStore::new(dir.clone());
+        let ip: IpAddr = "10.1.0.2".parse().unwrap();
+        assert!(s.reserve(ip, "../../x", "eth0").unwrap());
+        assert!(s
+            .reserve("10.1.0.3".parse().unwrap(), "c1", "../a")
+            .unwrap());
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            3,
+            "two files and the lock"
+        );
+        assert_eq!(s.release_owner("../../x", "eth0").unwrap(), [ip]);
     }
 }

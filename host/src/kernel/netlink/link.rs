@@ -331,12 +331,14 @@ fn announces_deletion(mut buf: &[u8], index: u32) -> bool {
             return false;
         }
         let body = &buf[NLMSG_HDRLEN..len];
-        if kind == RTM_DELLINK && body.len() >= 8 && body[0] == 0 {
-            if u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == index {
-                return true;
-            }
+        if kind == RTM_DELLINK
+            && body.len() >= 8
+            && body[0] == 0
+            && u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == index
+        {
+            return true;
         }
-        buf = &buf[(len + 3) & !3..];
+        buf = buf.get((len + 3) & !3..).unwrap_or_default();
     }
     false
 }
