@@ -271,15 +271,18 @@ impl Fw {
 
     /// What of `cid` is a host-port rule of the family (`v6`).
     fn mappings(&self, cid: &str, v6: bool) -> Vec<String> {
-        let (set, save) = if v6 {
-            ("hostports_v6:", "[ip6tables] ")
+        let (fam, save) = if v6 {
+            ("_v6:", "[ip6tables] ")
         } else {
-            ("hostports_v4:", "[iptables] ")
+            ("_v4:", "[iptables] ")
         };
         self.owned(cid)
             .into_iter()
             .filter(|l| match self.backend {
-                Some(Backend::Nftables) => l.starts_with(set),
+                Some(Backend::Nftables) => {
+                    l.starts_with(&format!("hostports_any{fam}"))
+                        || l.starts_with(&format!("hostports_ip{fam}"))
+                }
                 _ => l.starts_with(save) && l.contains("-j DNAT"),
             })
             .collect()

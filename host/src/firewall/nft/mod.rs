@@ -1,6 +1,9 @@
 //! The nftables backend: one table, `inet wasm_cni`, whose rules never change
-//! after it is created; every pod is a handful of set and map elements, so a
-//! pod costs the same with one or a thousand others on the node.
+//! with the number of pods; every pod is a handful of set and map elements,
+//! all in hash sets keyed by exact values, so adding or removing one costs the
+//! same with one or a thousand others on the node. (Interval sets with
+//! concatenated keys — nf_tables' pipapo — were tried first: each insert and
+//! removal rebuilt the whole set, most of a DEL at 250 pods.)
 //!
 //! Elements go in and out over netlink ([`netlink`]): one batch, one
 //! transaction per call, and only the sets a call needs are listed. The
@@ -8,11 +11,17 @@
 //! under a lock, when the first call finds it missing.
 //!
 //! Per-pod state (elements carry the owner's comment):
-//! - `masq_v4` / `masq_v6`: pod addresses masqueraded on egress;
-//! - `masq_skip_v4` / `_v6`: `pod . pod subnet` — traffic that keeps its source;
-//! - `hostports_v4` / `_v6`: `host IP . protocol . host port : pod . port`;
-//! - `hostport_masq_v4` / `_v6`: `source range . pod` — DNATed connections
-//!   masqueraded (hairpin from the pod subnet, localhost, or all).
+//! - `masq_v4` / `_v6`: `pod : jump masq_<subnet>` — egress masqueraded
+//!   unless it stays in the pod's subnet;
+//! - `hostports_any_v4` / `_v6`: `protocol . host port : pod . port` (every
+//!   host address), `hostports_ip_v4` / `_v6`: `host IP . protocol . host
+//!   port : pod . port`;
+//! - `hostport_masq_v4` / `_v6`: `pod : jump hpmasq_<subnets>` (hairpin from
+//!   the pod's subnets, localhost) or `jump hostport_masq_all` (`masqAll`).
+//!
+//! The chains an element jumps to hold one or two rules per subnet (not per
+//! pod); the first pod of a subnet on the node creates them, by `nft`, when
+//! its batch fails for want of them.
 //!
 //! Host ports with `conditionsV4`/`conditionsV6` cannot share a map (their
 //! conditions differ per pod): each such mapping is one rule in chain
@@ -45,45 +54,55 @@ pub const RULESET: &str = r#"
 table inet wasm_cni {
   comment "wasm-cni: pod masquerade and host ports; per-pod state is in the sets and maps"
 
-  set masq_v4 { type ipv4_addr; comment "pod addresses masqueraded on egress"; }
-  set masq_v6 { type ipv6_addr; comment "pod addresses masqueraded on egress"; }
-  set masq_skip_v4 { type ipv4_addr . ipv4_addr; flags interval; comment "pod . its subnet: keeps its source"; }
-  set masq_skip_v6 { type ipv6_addr . ipv6_addr; flags interval; comment "pod . its subnet: keeps its source"; }
-  map hostports_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags interval; comment "host IP . protocol . host port : pod . port"; }
-  map hostports_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; flags interval; comment "host IP . protocol . host port : pod . port"; }
+  map masq_v4 { type ipv4_addr : verdict; comment "pod address : chain masquerading its egress"; }
+  map masq_v6 { type ipv6_addr : verdict; comment "pod address : chain masquerading its egress"; }
+  map hostports_any_v4 { type inet_proto . inet_service : ipv4_addr . inet_service; comment "protocol . host port (every host address) : pod . port"; }
+  map hostports_any_v6 { type inet_proto . inet_service : ipv6_addr . inet_service; comment "protocol . host port (every host address) : pod . port"; }
+  map hostports_ip_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; comment "host IP . protocol . host port : pod . port"; }
+  map hostports_ip_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "host IP . protocol . host port : pod . port"; }
   map hostports_held_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags interval; comment "host ports forwarded by rules in hostports_conditional"; }
   map hostports_held_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; flags interval; comment "host ports forwarded by rules in hostports_conditional"; }
-  set hostport_masq_v4 { type ipv4_addr . ipv4_addr; flags interval; comment "source . pod: host-port connections masqueraded (hairpin, localhost, masqAll)"; }
-  set hostport_masq_v6 { type ipv6_addr . ipv6_addr; flags interval; comment "source . pod: host-port connections masqueraded (hairpin, masqAll)"; }
+  map hostport_masq_v4 { type ipv4_addr : verdict; comment "pod : chain masquerading its host-port connections"; }
+  map hostport_masq_v6 { type ipv6_addr : verdict; comment "pod : chain masquerading its host-port connections"; }
 
+  chain hostport_masq_all {
+    masquerade comment "masqAll: every host-port connection"
+  }
   chain hostports_conditional {
     comment "host ports with conditions (conditionsV4/V6): one rule per mapping"
   }
   chain prerouting {
     type nat hook prerouting priority dstnat; policy accept;
     fib daddr type local jump hostports_conditional comment "host ports with conditions"
-    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @hostports_v4 comment "host ports"
-    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports_v6 comment "host ports"
+    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @hostports_ip_v4 comment "host ports on one address"
+    fib daddr type local meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @hostports_any_v4 comment "host ports"
+    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports_ip_v6 comment "host ports on one address"
+    fib daddr type local meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @hostports_any_v6 comment "host ports"
   }
   chain output {
     type nat hook output priority -100; policy accept;
     fib daddr type local jump hostports_conditional comment "host ports with conditions, from the node"
-    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @hostports_v4 comment "host ports from the node"
-    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports_v6 comment "host ports from the node"
+    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @hostports_ip_v4 comment "host ports on one address, from the node"
+    fib daddr type local meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @hostports_any_v4 comment "host ports from the node"
+    fib daddr type local meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports_ip_v6 comment "host ports on one address, from the node"
+    fib daddr type local meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @hostports_any_v6 comment "host ports from the node"
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    ct status dnat ip saddr . ip daddr @hostport_masq_v4 masquerade comment "host ports: hairpin, localhost, masqAll"
-    ct status dnat ip6 saddr . ip6 daddr @hostport_masq_v6 masquerade comment "host ports: hairpin, masqAll"
+    ct status dnat ip daddr vmap @hostport_masq_v4 comment "host ports: hairpin, localhost, masqAll"
+    ct status dnat ip6 daddr vmap @hostport_masq_v6 comment "host ports: hairpin, masqAll"
     ip daddr 224.0.0.0/4 return comment "multicast keeps its source"
     ip6 daddr ff00::/8 return comment "multicast keeps its source"
-    ip saddr . ip daddr @masq_skip_v4 return comment "within the pod subnet"
-    ip6 saddr . ip6 daddr @masq_skip_v6 return comment "within the pod subnet"
-    ip saddr @masq_v4 masquerade comment "pod egress"
-    ip6 saddr @masq_v6 masquerade comment "pod egress"
+    ip saddr vmap @masq_v4 comment "pod egress"
+    ip6 saddr vmap @masq_v6 comment "pod egress"
   }
 }
 "#;
+
+/// A set of the new layout: when it is missing, the table is (re)written.
+const LAYOUT_PROBE: &str = "hostports_any_v4";
+/// The chain every `masqAll` pod's host-port connections jump to.
+const MASQ_ALL: &str = "hostport_masq_all";
 
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() {
@@ -131,13 +150,6 @@ fn range(ip: IpAddr, prefix_len: u8) -> (IpAddr, IpAddr) {
     )
 }
 
-/// The prefix length of a range that is one prefix.
-fn prefix_of(start: IpAddr, end: IpAddr) -> u8 {
-    let xor = to_u128(start) ^ to_u128(end);
-    let lead = xor.leading_zeros() - (128 - bits(start));
-    lead as u8
-}
-
 fn addr(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
@@ -180,19 +192,89 @@ fn concat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-/// `source range . pod` (hostport_masq) or `pod . subnet` (masq_skip).
-fn range_pair(first: (IpAddr, u8), second: (IpAddr, u8), comment: &str) -> Element {
-    let (a0, a1) = range(first.0, first.1);
-    let (b0, b1) = range(second.0, second.1);
+/// A prefix as chain-name text: the first address in hex, then the length.
+fn prefix_name(ip: IpAddr, prefix_len: u8) -> String {
+    let (start, _) = range(ip, prefix_len);
+    let hex: String = addr(start).iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}_{prefix_len}")
+}
+
+/// The chain a pod's egress jumps to: masquerade unless the destination is
+/// in the pod's subnet. One per subnet on the node.
+fn masq_chain(ip: IpAddr, prefix_len: u8) -> (String, String) {
+    let (start, _) = range(ip, prefix_len);
+    let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
+    let name = format!("masq_{}_{}", family(ip), prefix_name(ip, prefix_len));
+    let body = format!(
+        "{fam} daddr != {start}/{prefix_len} masquerade comment \"egress of pods of {start}/{prefix_len}\""
+    );
+    (name, body)
+}
+
+/// The prefix length a `masq_*` chain name ends in.
+fn masq_chain_prefix(name: &str) -> Option<u8> {
+    name.strip_prefix("masq_")?.rsplit('_').next()?.parse().ok()
+}
+
+/// The chain a pod's host-port connections jump to with `snat`: masquerade
+/// those from its subnets (hairpin) and, for IPv4, from localhost. `None`
+/// when there is nothing to masquerade (IPv6 without a subnet).
+fn hostport_masq_chain(pod: IpAddr, subnets: &[IpNet]) -> Option<(String, String)> {
+    let fam = if pod.is_ipv4() { "ip" } else { "ip6" };
+    let mut name = format!("hpmasq_{}", family(pod));
+    let mut body = String::new();
+    for s in subnets.iter().filter(|s| s.ip().is_ipv4() == pod.is_ipv4()) {
+        let (start, _) = range(s.ip(), s.prefix_len);
+        name += &format!("_{}", prefix_name(s.ip(), s.prefix_len));
+        body += &format!(
+            "{fam} saddr {start}/{len} masquerade comment \"hairpin\"\n",
+            len = s.prefix_len
+        );
+    }
+    if pod.is_ipv4() {
+        name += "_lo";
+        body += "ip saddr 127.0.0.0/8 masquerade comment \"localhost\"\n";
+    }
+    (!body.is_empty()).then_some((name, body))
+}
+
+/// A pod address jumping to `chain` (masq_*, hostport_masq_*).
+fn jump_element(pod: IpAddr, chain: &str, comment: &str) -> Element {
     Element {
-        key: concat(&[&addr(a0), &addr(b0)]),
-        key_end: Some(concat(&[&addr(a1), &addr(b1)])),
-        data: None,
+        key: addr(pod),
+        jump: Some(chain.to_string()),
         comment: comment.to_string(),
+        ..Element::default()
     }
 }
 
-fn mapping_element(m: &PortMapping, comment: &str) -> Element {
+/// A mapping's element and the map it goes to: `hostports_any_*` without a
+/// host IP, `hostports_ip_*` with one.
+fn mapping_element(m: &PortMapping, comment: &str) -> (&'static str, Element) {
+    let pod: IpAddr = m.container_ip.into();
+    let proto = [proto_number(m.protocol), 0, 0, 0];
+    let (set, key) = match m.host_ip.map(IpAddr::from) {
+        Some(h) => (
+            set_name("hostports_ip", pod),
+            concat(&[&addr(h), &proto, &port(m.host_port)]),
+        ),
+        None => (
+            set_name("hostports_any", pod),
+            concat(&[&proto, &port(m.host_port)]),
+        ),
+    };
+    let e = Element {
+        key,
+        data: Some(concat(&[&addr(pod), &port(m.container_port)])),
+        comment: comment.to_string(),
+        ..Element::default()
+    };
+    (set, e)
+}
+
+/// A conditional mapping's element in `hostports_held_*`: the host address
+/// as a range (every address without a host IP).
+fn held_element(m: &PortMapping, comment: &str) -> Element {
     let pod: IpAddr = m.container_ip.into();
     let (h0, h1) = match m.host_ip.map(IpAddr::from) {
         Some(h) => (h, h),
@@ -204,48 +286,73 @@ fn mapping_element(m: &PortMapping, comment: &str) -> Element {
         key_end: Some(concat(&[&addr(h1), &proto, &port(m.host_port)])),
         data: Some(concat(&[&addr(pod), &port(m.container_port)])),
         comment: comment.to_string(),
+        ..Element::default()
     }
 }
 
-/// A map element back into its mapping.
+/// A host-port map element back into its mapping (any of the three maps).
 fn parse_mapping(e: &Element) -> Option<PortMapping> {
-    let len = e.key.len().checked_sub(8)?;
-    let host = addr_from(&e.key[..len])?;
-    let host_end = addr_from(e.key_end.as_deref()?.get(..len)?)?;
     let data = e.data.as_deref()?;
+    let len = data.len().checked_sub(4)?;
+    let pod = addr_from(data.get(..len)?)?;
+    let host_len = e.key.len().checked_sub(8)?;
+    let host_ip = match host_len {
+        0 => None,
+        _ => {
+            let host = addr_from(&e.key[..host_len])?;
+            let end = match e.key_end.as_deref() {
+                Some(k) => addr_from(k.get(..host_len)?)?,
+                None => host,
+            };
+            (host == end).then_some(host)
+        }
+    };
     Some(PortMapping {
-        host_port: u16::from_be_bytes([e.key[len + 4], e.key[len + 5]]),
+        host_port: u16::from_be_bytes([e.key[host_len + 4], e.key[host_len + 5]]),
         container_port: u16::from_be_bytes([*data.get(len)?, *data.get(len + 1)?]),
-        protocol: proto_from(e.key[len])?,
-        host_ip: (host == host_end).then(|| host.into()),
-        container_ip: addr_from(data.get(..len)?)?.into(),
+        protocol: proto_from(e.key[host_len])?,
+        host_ip: host_ip.map(Into::into),
+        container_ip: pod.into(),
     })
 }
 
-/// A `pod . subnet` element back into its masquerade rule.
+/// A `pod : jump masq_<subnet>` element back into its masquerade rule.
 fn parse_masquerade(e: &Element) -> Option<Masquerade> {
-    let half = e.key.len() / 2;
-    let pod = addr_from(&e.key[..half])?;
-    let start = addr_from(&e.key[half..])?;
-    let end = addr_from(e.key_end.as_deref()?.get(half..)?)?;
     Some(Masquerade {
         source: IpNet {
-            addr: pod.into(),
-            prefix_len: prefix_of(start, end),
+            addr: addr_from(&e.key)?.into(),
+            prefix_len: masq_chain_prefix(e.jump.as_deref()?)?,
         },
     })
 }
 
 fn sets_of(kind: RuleKind) -> &'static [&'static str] {
     match kind {
-        RuleKind::Masquerade => &["masq_v4", "masq_v6", "masq_skip_v4", "masq_skip_v6"],
+        RuleKind::Masquerade => &["masq_v4", "masq_v6"],
         RuleKind::PortMappings => &[
-            "hostports_v4",
-            "hostports_v6",
+            "hostports_any_v4",
+            "hostports_any_v6",
+            "hostports_ip_v4",
+            "hostports_ip_v6",
             "hostports_held_v4",
             "hostports_held_v6",
             "hostport_masq_v4",
             "hostport_masq_v6",
+        ],
+    }
+}
+
+/// The sets `list` reads back for CHECK.
+fn listed_sets(kind: RuleKind) -> &'static [&'static str] {
+    match kind {
+        RuleKind::Masquerade => &["masq_v4", "masq_v6"],
+        RuleKind::PortMappings => &[
+            "hostports_any_v4",
+            "hostports_any_v6",
+            "hostports_ip_v4",
+            "hostports_ip_v6",
+            "hostports_held_v4",
+            "hostports_held_v6",
         ],
     }
 }
@@ -320,6 +427,8 @@ fn conditional_rule(m: &PortMapping, conditions: &[Condition], comment: &str) ->
 
 pub struct Nftables {
     conn: Option<Conn>,
+    /// The node-wide lock, while a call holds it (see [`lock`]).
+    locked: Option<Flock<fs::File>>,
 }
 
 impl Default for Nftables {
@@ -328,9 +437,27 @@ impl Default for Nftables {
     }
 }
 
+/// The node-wide lock serialising table and chain creation and the
+/// host-port check with its additions.
+fn lock() -> Result<Flock<fs::File>> {
+    fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(format!("create {LOCK_DIR}: {e}")))?;
+    let path = format!("{LOCK_DIR}/nftables.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open {path}: {e}")))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io(format!("lock {path}: {e}")))
+}
+
 impl Nftables {
     pub fn new() -> Self {
-        Nftables { conn: None }
+        Nftables {
+            conn: None,
+            locked: None,
+        }
     }
 
     /// The netlink socket, opened on first use in the current namespace.
@@ -346,45 +473,62 @@ impl Nftables {
             .ok_or_else(|| Error::io("nftables: no netlink socket"))
     }
 
-    /// Creates the table once per node, serialised by a lock so parallel
-    /// first ADDs do not add the rules twice.
-    fn ensure_table(&mut self) -> Result<()> {
-        fs::create_dir_all(LOCK_DIR).map_err(|e| Error::io(format!("create {LOCK_DIR}: {e}")))?;
-        let path = format!("{LOCK_DIR}/nftables.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("open {path}: {e}")))?;
-        let _lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io(format!("lock {path}: {e}")))?;
-        match self.conn()?.elements(TABLE, "masq_v4") {
-            Ok(_) => Ok(()),
+    /// Creates the table, and the chains `chains` (name, rules) that are
+    /// missing. Runs when a batch failed with ENOENT, under the lock, so
+    /// parallel first ADDs do not add anything twice. A table of an older
+    /// layout (without [`LAYOUT_PROBE`]) is replaced.
+    fn ensure_table_and_chains(&mut self, chains: &[(String, String)]) -> Result<()> {
+        // flock is per open file: taking it again here would wait forever
+        // on a lock this call already holds.
+        let _lock = match self.locked {
+            Some(_) => None,
+            None => Some(lock()?),
+        };
+        match self.conn()?.elements(TABLE, LAYOUT_PROBE) {
+            Ok(_) => {}
             Err(f) if f.errno == ENOENT => {
-                nft(&["-f", "-"], RULESET).map_err(|e| e.context("create the wasm_cni table"))?;
+                // `add table` first, so the delete succeeds when none exists.
+                let script =
+                    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n{RULESET}");
+                nft(&["-f", "-"], &script).map_err(|e| e.context("create the wasm_cni table"))?;
                 tracing::info!("created nftables table inet {TABLE}");
-                Ok(())
             }
-            Err(f) => Err(kernel_error("look for table inet wasm_cni", &f)),
+            Err(f) => return Err(kernel_error("look for table inet wasm_cni", &f)),
         }
+        let mut script = String::new();
+        for (name, rules) in chains {
+            match self.conn()?.chain(TABLE, name) {
+                Ok(()) => {}
+                Err(f) if f.errno == ENOENT => {
+                    script += &format!("add chain inet {TABLE} {name}\n");
+                    for rule in rules.lines().filter(|l| !l.trim().is_empty()) {
+                        script += &format!("add rule inet {TABLE} {name} {rule}\n");
+                    }
+                }
+                Err(f) => return Err(kernel_error(&format!("look for chain {name}"), &f)),
+            }
+        }
+        if !script.is_empty() {
+            nft(&["-f", "-"], &script).map_err(|e| e.context("create chains"))?;
+            tracing::info!(chains = chains.len(), "created nftables chains");
+        }
+        Ok(())
     }
 
-    /// Commits `batch` as one transaction; creates the table first when it
-    /// is missing.
-    fn try_commit(&mut self, batch: &Batch) -> Result<std::result::Result<(), Failure>> {
+    /// Commits `batch` as one transaction. When the table or a chain an
+    /// element jumps to is missing (ENOENT), creates them and commits again.
+    fn try_commit(
+        &mut self,
+        batch: &Batch,
+        chains: &[(String, String)],
+    ) -> Result<std::result::Result<(), Failure>> {
         match self.conn()?.commit(batch) {
             Err(f) if f.errno == ENOENT => {
-                self.ensure_table()?;
+                self.ensure_table_and_chains(chains)?;
                 Ok(self.conn()?.commit(batch))
             }
             other => Ok(other),
         }
-    }
-
-    /// [`Self::try_commit`], the failing message's set named in the error.
-    fn commit(&mut self, batch: &Batch, sets: &[&str], what: &str) -> Result<()> {
-        self.try_commit(batch)?.map_err(|f| failure(&f, sets, what))
     }
 
     /// Every element of `set`; none when the table does not exist.
@@ -405,9 +549,9 @@ impl Nftables {
             if !maps.iter().any(|m| family(m.container_ip.into()) == f) {
                 continue;
             }
-            for set in [format!("hostports_{f}"), format!("hostports_held_{f}")] {
+            for kind in ["hostports_any", "hostports_ip", "hostports_held"] {
                 taken.extend(
-                    self.elements(&set)?
+                    self.elements(&format!("{kind}_{f}"))?
                         .into_iter()
                         .filter(|e| !owner.owns(&e.comment))
                         .filter_map(|e| Some((parse_mapping(&e)?, e.comment))),
@@ -463,7 +607,14 @@ impl Nftables {
                 names.push(CONDITIONAL);
             }
         }
-        self.commit(&batch, &names, "delete elements")
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.conn()?.commit(&batch) {
+            // The table is gone: so is everything to delete.
+            Err(f) if f.errno == ENOENT => Ok(()),
+            other => other.map_err(|f| failure(&f, &names, "delete elements")),
+        }
     }
 
     /// Commits `adds` in one transaction. Elements keyed by a pod address
@@ -485,7 +636,7 @@ impl Nftables {
             first.add_new(TABLE, set, e);
             names.push(*set);
         }
-        match self.try_commit(&first)? {
+        match self.try_commit(&first, &adds.chains)? {
             Err(f) if f.errno == EEXIST => {}
             other => return Ok(other.map_err(|f| (f.errno, failure(&f, &names, &adds.what)))),
         }
@@ -502,17 +653,19 @@ impl Nftables {
             names.extend([*set, *set, *set]);
         }
         Ok(self
-            .try_commit(&again)?
+            .try_commit(&again, &adds.chains)?
             .map_err(|f| (f.errno, failure(&f, &names, &adds.what))))
     }
 }
 
 /// The elements of one call: `plain` ones added as they are, `owned` ones
-/// (keyed by a pod address) taken over from an earlier owner if need be.
+/// (keyed by a pod address) taken over from an earlier owner if need be,
+/// and the chains (name, rules) the elements jump to.
 struct Additions {
     what: String,
     plain: Vec<(&'static str, Element)>,
     owned: Vec<(&'static str, Element)>,
+    chains: Vec<(String, String)>,
 }
 
 impl Additions {
@@ -521,6 +674,14 @@ impl Additions {
             what: what.to_string(),
             plain: Vec::new(),
             owned: Vec::new(),
+            chains: Vec::new(),
+        }
+    }
+
+    fn jump(&mut self, set: &'static str, pod: IpAddr, chain: (String, String), comment: &str) {
+        self.owned.push((set, jump_element(pod, &chain.0, comment)));
+        if !self.chains.iter().any(|(n, _)| *n == chain.0) {
+            self.chains.push(chain);
         }
     }
 }
@@ -529,10 +690,10 @@ fn set_name(prefix: &str, ip: IpAddr) -> &'static str {
     match (prefix, ip.is_ipv4()) {
         ("masq", true) => "masq_v4",
         ("masq", false) => "masq_v6",
-        ("masq_skip", true) => "masq_skip_v4",
-        ("masq_skip", false) => "masq_skip_v6",
-        ("hostports", true) => "hostports_v4",
-        ("hostports", false) => "hostports_v6",
+        ("hostports_any", true) => "hostports_any_v4",
+        ("hostports_any", false) => "hostports_any_v6",
+        ("hostports_ip", true) => "hostports_ip_v4",
+        ("hostports_ip", false) => "hostports_ip_v6",
         ("hostports_held", true) => "hostports_held_v4",
         ("hostports_held", false) => "hostports_held_v6",
         (_, true) => "hostport_masq_v4",
@@ -550,14 +711,12 @@ impl Firewall for Nftables {
         let mut adds = Additions::new("add masquerade");
         for r in rules {
             let ip = r.source.ip();
-            let pod = Element {
-                key: addr(ip),
-                comment: c.clone(),
-                ..Element::default()
-            };
-            adds.owned.push((set_name("masq", ip), pod));
-            let skip = range_pair((ip, bits(ip) as u8), (ip, r.source.prefix_len), &c);
-            adds.owned.push((set_name("masq_skip", ip), skip));
+            adds.jump(
+                set_name("masq", ip),
+                ip,
+                masq_chain(ip, r.source.prefix_len),
+                &c,
+            );
         }
         self.add_all(&adds)?.map_err(|(_, e)| e)
     }
@@ -568,7 +727,6 @@ impl Firewall for Nftables {
         maps: &[PortMapping],
         opts: &PortOptions,
     ) -> Result<()> {
-        self.check_host_ports(owner, maps)?;
         let c = owner.comment();
         let mut adds = Additions::new("add port mappings");
         let mut rules = String::new();
@@ -580,41 +738,37 @@ impl Firewall for Nftables {
             } else {
                 &opts.conditions_v6
             };
-            let held = if conditions.is_empty() {
-                "hostports"
+            if conditions.is_empty() {
+                adds.plain.push(mapping_element(m, &c));
             } else {
                 rules += &conditional_rule(m, conditions, &c);
-                "hostports_held"
-            };
-            adds.plain
-                .push((set_name(held, pod), mapping_element(m, &c)));
+                adds.plain
+                    .push((set_name("hostports_held", pod), held_element(m, &c)));
+            }
             if !pods.contains(&pod) {
                 pods.push(pod);
             }
         }
         for pod in pods {
             let set = set_name("hostport_masq", pod);
-            let host = (pod, bits(pod) as u8);
             if opts.masq_all {
-                adds.owned.push((set, range_pair((pod, 0), host, &c)));
+                adds.jump(set, pod, (MASQ_ALL.to_string(), String::new()), &c);
             } else if opts.snat {
-                for subnet in opts
-                    .subnets
-                    .iter()
-                    .filter(|s| s.ip().is_ipv4() == pod.is_ipv4())
-                {
-                    let e = range_pair((subnet.ip(), subnet.prefix_len), host, &c);
-                    adds.owned.push((set, e));
-                }
-                if pod.is_ipv4() {
-                    let lo = range_pair((IpAddr::from([127, 0, 0, 0]), 8), host, &c);
-                    adds.owned.push((set, lo));
+                if let Some(chain) = hostport_masq_chain(pod, &opts.subnets) {
+                    adds.jump(set, pod, chain, &c);
                 }
             }
         }
-        // EBUSY, EEXIST, ENOTEMPTY: a host port another pod's element holds
-        // (the check above and this add can race with another ADD).
-        self.add_all(&adds)?.map_err(|(errno, e)| {
+        // The check and the additions under one lock: two ADDs cannot both
+        // find a port free (the maps are keyed exactly, so the kernel does
+        // not see a port on every address clash with one on a single one).
+        self.locked = Some(lock()?);
+        let added = self
+            .check_host_ports(owner, maps)
+            .and_then(|()| self.add_all(&adds));
+        self.locked = None;
+        // EBUSY, EEXIST: a host port another pod's element holds.
+        let added = added?.map_err(|(errno, e)| {
             if [libc::EBUSY, libc::EEXIST, libc::ENOTEMPTY].contains(&errno) {
                 Error::new(
                     code::ALREADY_EXISTS,
@@ -626,7 +780,8 @@ impl Firewall for Nftables {
             } else {
                 e
             }
-        })?;
+        });
+        added?;
         if !rules.is_empty() {
             // Conditional mappings are rare and their rules differ per pod:
             // written by `nft`. Undone on failure so nothing is half there.
@@ -647,16 +802,7 @@ impl Firewall for Nftables {
             masquerade: vec![],
             port_mappings: vec![],
         };
-        let sets: &[&str] = match kind {
-            RuleKind::Masquerade => &["masq_skip_v4", "masq_skip_v6"],
-            RuleKind::PortMappings => &[
-                "hostports_v4",
-                "hostports_v6",
-                "hostports_held_v4",
-                "hostports_held_v6",
-            ],
-        };
-        for set in sets {
+        for set in listed_sets(kind) {
             for e in self
                 .elements(set)?
                 .iter()
@@ -686,7 +832,7 @@ mod tests {
 
     #[test]
     fn keys_are_laid_out_as_nft_does() {
-        // As `nft --debug=netlink` shows them: 0.0.0.0/0 . tcp . 8080 : 10.88.0.2 . 80
+        // As `nft --debug=netlink` shows them: tcp . 8080 : 10.88.0.2 . 80
         let m = PortMapping {
             host_port: 8080,
             container_port: 80,
@@ -694,30 +840,75 @@ mod tests {
             host_ip: None,
             container_ip: ip("10.88.0.2").into(),
         };
-        let e = mapping_element(&m, "wc:1 x");
-        assert_eq!(e.key, [0, 0, 0, 0, 6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
-        assert_eq!(
-            e.key_end.as_deref(),
-            Some(&[255, 255, 255, 255, 6, 0, 0, 0, 0x1f, 0x90, 0, 0][..])
-        );
+        let (set, e) = mapping_element(&m, "wc:1 x");
+        assert_eq!(set, "hostports_any_v4");
+        assert_eq!(e.key, [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(e.key_end, None);
         assert_eq!(e.data.as_deref(), Some(&[10, 88, 0, 2, 0, 80, 0, 0][..]));
         let back = parse_mapping(&e).unwrap();
         assert_eq!((back.host_port, back.container_port), (8080, 80));
         assert!(back.host_ip.is_none());
 
-        let skip = range_pair((ip("10.88.0.2"), 32), (ip("10.88.0.2"), 16), "c");
-        assert_eq!(skip.key, [10, 88, 0, 2, 10, 88, 0, 0]);
-        assert_eq!(
-            skip.key_end.as_deref(),
-            Some(&[10, 88, 0, 2, 10, 88, 255, 255][..])
-        );
-        let m = parse_masquerade(&skip).unwrap();
-        assert_eq!((m.source.ip(), m.source.prefix_len), (ip("10.88.0.2"), 16));
+        // With a host IP: 192.0.2.1 . udp . 53 : fd00::2 . 53
+        let m = PortMapping {
+            host_port: 53,
+            container_port: 53,
+            protocol: Protocol::Udp,
+            host_ip: Some(ip("fd00::1").into()),
+            container_ip: ip("fd00::2").into(),
+        };
+        let (set, e) = mapping_element(&m, "c");
+        assert_eq!(set, "hostports_ip_v6");
+        assert_eq!(e.key.len(), 16 + 8);
+        let back = parse_mapping(&e).unwrap();
+        assert_eq!(back.host_ip.map(IpAddr::from), Some(ip("fd00::1")));
+        assert_eq!(IpAddr::from(back.container_ip), ip("fd00::2"));
+
+        // Conditional mappings keep the host address as a range.
+        let held = held_element(&PortMapping { host_ip: None, ..m }, "c");
+        assert!(parse_mapping(&held).unwrap().host_ip.is_none());
 
         let (a, b) = range(ip("fd00::5"), 64);
         assert_eq!((a, b), (ip("fd00::"), ip("fd00::ffff:ffff:ffff:ffff")));
-        assert_eq!(prefix_of(a, b), 64);
-        assert_eq!(prefix_of(ip("0.0.0.0"), ip("255.255.255.255")), 0);
+    }
+
+    #[test]
+    fn masquerade_jumps_to_its_subnets_chain() {
+        let (name, rule) = masq_chain(ip("10.88.0.7"), 16);
+        assert_eq!(name, "masq_v4_0a580000_16");
+        assert_eq!(
+            rule,
+            "ip daddr != 10.88.0.0/16 masquerade comment \"egress of pods of 10.88.0.0/16\""
+        );
+        let e = jump_element(ip("10.88.0.7"), &name, "c");
+        let m = parse_masquerade(&e).unwrap();
+        assert_eq!((m.source.ip(), m.source.prefix_len), (ip("10.88.0.7"), 16));
+        assert_eq!(
+            masq_chain(ip("fd00::7"), 64).0,
+            "masq_v6_fd000000000000000000000000000000_64"
+        );
+
+        let subnets = [
+            IpNet {
+                addr: ip("10.88.0.0").into(),
+                prefix_len: 16,
+            },
+            IpNet {
+                addr: ip("fd00::").into(),
+                prefix_len: 64,
+            },
+        ];
+        let (name, rules) = hostport_masq_chain(ip("10.88.0.7"), &subnets).unwrap();
+        assert_eq!(name, "hpmasq_v4_0a580000_16_lo");
+        assert_eq!(rules.lines().count(), 2);
+        assert!(rules.contains("ip saddr 127.0.0.0/8 masquerade"));
+        let (name, rules) = hostport_masq_chain(ip("fd00::7"), &subnets).unwrap();
+        assert_eq!(name, "hpmasq_v6_fd000000000000000000000000000000_64");
+        assert_eq!(
+            rules.trim(),
+            "ip6 saddr fd00::/64 masquerade comment \"hairpin\""
+        );
+        assert!(hostport_masq_chain(ip("fd00::7"), &subnets[..1]).is_none());
     }
 
     #[test]

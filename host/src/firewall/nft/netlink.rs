@@ -25,6 +25,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
+const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -44,8 +45,17 @@ const ELEM_KEY: u16 = 1;
 const ELEM_DATA: u16 = 2;
 const ELEM_USERDATA: u16 = 6;
 const ELEM_KEY_END: u16 = 10;
+// enum nft_chain_attributes
+const CHAIN_TABLE: u16 = 1;
+const CHAIN_NAME: u16 = 3;
 // enum nft_data_attributes
 const DATA_VALUE: u16 = 1;
+const DATA_VERDICT: u16 = 2;
+// enum nft_verdict_attributes
+const VERDICT_CODE: u16 = 1;
+const VERDICT_CHAIN: u16 = 2;
+/// `NFT_JUMP`, as the kernel's big-endian verdict code.
+const NFT_JUMP: i32 = -3;
 // enum nft_rule_attributes
 const RULE_TABLE: u16 = 1;
 const RULE_CHAIN: u16 = 2;
@@ -64,6 +74,8 @@ pub struct Element {
     pub key_end: Option<Vec<u8>>,
     /// The mapped value, for maps.
     pub data: Option<Vec<u8>>,
+    /// The chain to jump to, for verdict maps.
+    pub jump: Option<String>,
     pub comment: String,
 }
 
@@ -146,6 +158,14 @@ fn element_attrs(table: &str, set: &str, e: &Element, with_comment: bool) -> Vec
             }
             if let Some(d) = &e.data {
                 put_data(el, ELEM_DATA, d);
+            }
+            if let Some(chain) = &e.jump {
+                put_nested(el, ELEM_DATA, |d| {
+                    put_nested(d, DATA_VERDICT, |v| {
+                        put_attr(v, VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                        put_str(v, VERDICT_CHAIN, chain);
+                    })
+                });
             }
             if with_comment && !e.comment.is_empty() {
                 put_attr(el, ELEM_USERDATA, &comment_udata(&e.comment));
@@ -254,6 +274,21 @@ fn data_value(nested: &[u8]) -> io::Result<Option<Vec<u8>>> {
         .map(|a| a.value.to_vec()))
 }
 
+/// The chain a verdict jumps to (`NFTA_DATA_VERDICT` in an element's data).
+fn data_jump(nested: &[u8]) -> io::Result<Option<String>> {
+    for a in attrs(nested)? {
+        if a.kind == DATA_VERDICT {
+            for v in attrs(a.value)? {
+                if v.kind == VERDICT_CHAIN {
+                    let name = v.value.split(|b| *b == 0).next().unwrap_or_default();
+                    return Ok(Some(String::from_utf8_lossy(name).into_owned()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> io::Result<()> {
     for list in attrs(payload)? {
         if list.kind != LIST_ELEMENTS {
@@ -268,7 +303,10 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> io::Result<()> {
                 match a.kind {
                     ELEM_KEY => e.key = data_value(a.value)?.unwrap_or_default(),
                     ELEM_KEY_END => e.key_end = data_value(a.value)?,
-                    ELEM_DATA => e.data = data_value(a.value)?,
+                    ELEM_DATA => {
+                        e.data = data_value(a.value)?;
+                        e.jump = data_jump(a.value)?;
+                    }
                     ELEM_USERDATA => e.comment = comment_of_udata(a.value),
                     _ => {}
                 }
@@ -457,6 +495,25 @@ impl Conn {
         nfnetlink::dump(sock, seq, request, each).map_err(Failure::io)
     }
 
+    /// Whether `chain` exists: Ok, or `ENOENT` when it or the table is
+    /// missing. (A rule dump of a missing chain is just empty.)
+    pub fn chain(&mut self, table: &str, chain: &str) -> Result<(), Failure> {
+        let mut a = Vec::new();
+        put_str(&mut a, CHAIN_TABLE, table);
+        put_str(&mut a, CHAIN_NAME, chain);
+        let seq = self.next_seq(0);
+        let msg = message(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_GETCHAIN,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+            &a,
+        );
+        nfnetlink::call(self.sock()?, seq, &msg).map_err(Failure::io)
+    }
+
     /// The elements of `set`; `ENOENT` when the table or set is missing.
     pub fn elements(&mut self, table: &str, set: &str) -> Result<Vec<Element>, Failure> {
         let mut a = Vec::new();
@@ -491,6 +548,7 @@ mod tests {
             key: vec![10, 88, 0, 2, 10, 88, 0, 0],
             key_end: Some(vec![10, 88, 0, 2, 10, 88, 255, 255]),
             data: None,
+            jump: None,
             comment: "wc:1 net=n".into(),
         };
         let attrs = element_attrs("t", "s", &e, true);
@@ -503,6 +561,16 @@ mod tests {
         let mut out = Vec::new();
         parse_elements(&element_attrs("t", "s", &e, false), &mut out).expect("parses");
         assert_eq!(out[0].comment, "");
+        // A verdict map element: data is a jump to a chain.
+        let v = Element {
+            key: vec![10, 88, 0, 2],
+            jump: Some("masq_v4_0a580000_16".into()),
+            comment: "c".into(),
+            ..Element::default()
+        };
+        let mut out = Vec::new();
+        parse_elements(&element_attrs("t", "s", &v, true), &mut out).expect("parses");
+        assert_eq!(out, vec![v]);
     }
 
     #[test]
