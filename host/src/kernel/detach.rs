@@ -36,6 +36,12 @@ pub(crate) fn spawn(keep: &[RawFd], job: impl FnOnce()) -> bool {
                 job();
                 libc::_exit(0);
             }
+            // The kept descriptors first: the grandchild's copies are then
+            // the last (a job may wait for the others to close, and a last
+            // close may be what takes long).
+            for &fd in keep {
+                libc::close(fd);
+            }
             libc::_exit(0);
         },
         child => {

@@ -345,10 +345,9 @@ pub struct Conn {
 /// destroy work, which waits an RCU grace period (10-15 ms measured here,
 /// most of a DEL). The deletion itself is complete and visible before
 /// that; only the freeing is waited for. So a socket that deleted
-/// something is closed by a short-lived grandchild: it keeps the last
-/// reference, waits until this process has let go of its own, and closes
-/// it while the invocation returns. It holds no other file (the runtime's
-/// pipes see EOF when this process exits) and is reparented to init.
+/// something is closed by a detached grandchild ([`crate::kernel::detach`]):
+/// it keeps the last reference, waits until this process has let go of its
+/// own, and closes it while the invocation returns.
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(sock) = self.sock.take() {
@@ -360,47 +359,22 @@ impl Drop for Conn {
 }
 
 fn release_in_background(sock: Socket) {
-    use nix::sys::wait::waitpid;
-    use nix::unistd::{fork, pipe, ForkResult};
     use std::os::fd::AsRawFd;
 
-    let Ok((r, w)) = pipe() else {
+    let Ok((r, w)) = nix::unistd::pipe() else {
         return;
     };
     let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
-    // SAFETY: the child runs only async-signal-safe system calls (fork,
-    // close_range, read, close, _exit) before it exits.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => unsafe {
-            if libc::fork() == 0 {
-                let (lo, hi) = (fd.min(rfd) as u32, fd.max(rfd) as u32);
-                if lo > 0 {
-                    libc::syscall(libc::SYS_close_range, 0u32, lo - 1, 0u32);
-                }
-                if hi > lo + 1 {
-                    libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
-                }
-                libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
-                let mut b = 0u8;
-                // Returns at EOF: every write end (the parent's) is closed.
-                while libc::read(rfd, (&mut b as *mut u8).cast(), 1) > 0 {}
-                libc::close(fd);
-                libc::_exit(0);
-            }
-            // Let go of the socket before the pipe's write end closes at
-            // exit, so the grandchild's close is the last.
-            libc::close(fd);
-            libc::_exit(0);
-        },
-        Ok(ForkResult::Parent { child }) => {
-            drop(sock);
-            drop(w);
-            drop(r);
-            let _ = waitpid(child, None);
-        }
-        // No child: close it here, and wait.
-        Err(_) => drop(sock),
-    }
+    crate::kernel::detach::spawn(&[fd, rfd], || unsafe {
+        let mut b = 0u8;
+        // Returns at EOF: every write end (this process's) is closed.
+        while libc::read(rfd, (&mut b as *mut u8).cast(), 1) > 0 {}
+        libc::close(fd);
+        libc::_exit(0);
+    });
+    // Without a child, the socket is closed here, and waits.
+    drop(sock);
+    drop(w);
 }
 
 impl Conn {
