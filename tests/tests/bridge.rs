@@ -190,10 +190,15 @@ fn assert_store_released(w: &World, id: &str) {
     );
     for f in wasm_cni_tests::files(&w.store()) {
         assert!(
-            f == "lock" || f.starts_with("last_reserved_ip."),
+            f == "lock" || f.starts_with("last_reserved_ip.") || f == common::INDEX_DIR,
             "unexpected file {f} in store"
         );
     }
+    assert_eq!(
+        common::indexed(&w.store(), id),
+        Vec::<String>::new(),
+        "index entries of {id} left"
+    );
 }
 
 #[test]

@@ -187,11 +187,12 @@ fn pod_routes_have_the_reference_protocol() {
     );
 }
 
-/// Every file of a store except `lock`, with its content.
+/// Every file of a store except `lock` (and our index, which the reference
+/// plugin does not keep), with its content.
 fn store_contents(store: &Path) -> Vec<(String, String)> {
     wasm_cni_tests::files(store)
         .into_iter()
-        .filter(|f| f != "lock")
+        .filter(|f| f != "lock" && f != common::INDEX_DIR)
         .map(|f| {
             let content = std::fs::read_to_string(store.join(&f)).unwrap_or_default();
             (f, content)

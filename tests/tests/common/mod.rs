@@ -250,8 +250,19 @@ pub fn default_route(ns: &Netns, v6: bool) -> Option<Value> {
 }
 
 /// Whether `name` is host-local bookkeeping rather than a reservation.
+/// Our per-attachment index of reservations, beside the reference layout.
+pub const INDEX_DIR: &str = ".wasm-cni-attachments";
+
 fn bookkeeping(name: &str) -> bool {
-    name == "lock" || name.starts_with("last_reserved_ip.")
+    name == "lock" || name.starts_with("last_reserved_ip.") || name == INDEX_DIR
+}
+
+/// Index entries (`<container id>@<ifname>`) of container `id`.
+pub fn indexed(store: &Path, id: &str) -> Vec<String> {
+    files(&store.join(INDEX_DIR))
+        .into_iter()
+        .filter(|f| f.split('@').next() == Some(id))
+        .collect()
 }
 
 /// Reservation files in a host-local store: (file name, content).
