@@ -69,6 +69,13 @@ fn three_pods_get_unique_dual_stack_addresses() {
             v6[0].starts_with("fd88::") && v6[0].ends_with("/64"),
             "{v6:?}"
         );
+        // Set by netlink, as the sysctl would: the pod announces its address.
+        assert_eq!(
+            pod.ns
+                .sh("cat /proc/sys/net/ipv4/conf/eth0/arp_notify")
+                .trim(),
+            "1"
+        );
     }
 }
 

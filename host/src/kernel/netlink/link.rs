@@ -243,6 +243,62 @@ pub async fn set_promisc(h: &Handle, name: &str, on: bool) -> Result<()> {
         .map_err(|e| nl_err(format!("set promisc on {name}"), e))
 }
 
+/// IPv4 settings of a link that netlink sets exactly as their sysctl does
+/// (`IPV4_DEVCONF_*` numbers of `<linux/ip.h>`; only values read where
+/// they are used, with no side effect in their sysctl handler).
+const IPV4_CONF: &[(&str, u16)] = &[
+    ("proxy_arp", 3),
+    ("arp_announce", 18),
+    ("arp_ignore", 19),
+    ("arp_accept", 21),
+    ("arp_notify", 22),
+];
+const IFLA_AF_SPEC: u16 = 26;
+const AF_INET: u16 = 2;
+const IFLA_INET_CONF: u16 = 1;
+
+/// `net.ipv4.conf.<link>.<setting>` for a setting of [`IPV4_CONF`]: the
+/// link and the setting's number.
+pub fn ipv4_conf_key(key: &str) -> Option<(&str, u16)> {
+    let (link, setting) = key.strip_prefix("net.ipv4.conf.")?.rsplit_once('.')?;
+    if link == "all" || link == "default" {
+        return None;
+    }
+    let id = IPV4_CONF.iter().find(|(n, _)| *n == setting)?.1;
+    Some((link, id))
+}
+
+/// One netlink attribute, padded.
+fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + payload.len() + 3);
+    b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(payload);
+    b.resize((b.len() + 3) & !3, 0);
+    b
+}
+
+/// Sets IPv4 setting `id` (see [`ipv4_conf_key`]) of link `name` by
+/// netlink instead of `/proc/sys/net/ipv4/conf/<name>/…`. Every pod's
+/// namespace has its own `eth0` under the one `conf` directory entry the
+/// namespaces share, so resolving that path walks one cached entry per pod
+/// on the node; the link's index does not.
+pub async fn set_ipv4_conf(h: &Handle, name: &str, id: u16, value: u32) -> Result<()> {
+    let index = index_of(h, name).await?;
+    let conf = nla(IFLA_INET_CONF, &nla(id, &value.to_ne_bytes()));
+    let spec = nla(AF_INET, &conf);
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Other(
+        rtnetlink::packet_core::DefaultNla::new(IFLA_AF_SPEC, spec),
+    ));
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("set IPv4 setting {id} of {name}"), e))
+}
+
 pub async fn set_hairpin(h: &Handle, name: &str, on: bool) -> Result<()> {
     let index = index_of(h, name).await?;
     let msg = LinkBridgePort::new(index).hairpin(on).build();
@@ -514,6 +570,25 @@ mod tests {
             !announces_deletion(&batch[..40], 5),
             "a cut message is not read"
         );
+    }
+
+    #[test]
+    fn ipv4_settings_by_netlink_are_named_exactly() {
+        assert_eq!(
+            ipv4_conf_key("net.ipv4.conf.eth0.arp_notify"),
+            Some(("eth0", 22))
+        );
+        assert_eq!(
+            ipv4_conf_key("net.ipv4.conf.eth0.100.arp_notify"),
+            Some(("eth0.100", 22))
+        );
+        assert_eq!(ipv4_conf_key("net.ipv4.conf.all.arp_notify"), None);
+        assert_eq!(ipv4_conf_key("net.ipv4.conf.eth0.forwarding"), None);
+        assert_eq!(ipv4_conf_key("net.ipv6.conf.eth0.accept_dad"), None);
+        // IFLA_INET_CONF { 22: 1 } inside AF_INET: lengths include headers.
+        let conf = nla(IFLA_INET_CONF, &nla(22, &1u32.to_ne_bytes()));
+        assert_eq!(&conf[..4], &[12, 0, 1, 0]);
+        assert_eq!(&conf[4..8], &[8, 0, 22, 0]);
     }
 
     #[test]

@@ -223,6 +223,10 @@ impl Kernel for NetlinkKernel {
     }
 
     fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()> {
+        if let (Some((link, id)), Ok(v)) = (link::ipv4_conf_key(key), value.trim().parse()) {
+            let h = self.handle(ns)?;
+            return self.block_on(link::set_ipv4_conf(&h, link, id, v));
+        }
         match ns {
             Ns::Host => sysctl::write(key, value),
             Ns::Container => {
