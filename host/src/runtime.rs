@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{CallHook, Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::bindings::{AnyPlugin, CniResult, NetworkRequest, Request};
 use crate::cni::Command;
@@ -318,6 +318,20 @@ impl Runtime {
         let state = HostState::new(self.clone(), inv.clone(), name, grants, kernel);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // Splits a call's time between the plugin's code and the host's.
+        store.call_hook(|mut ctx, hook| {
+            let s = ctx.data_mut();
+            match hook {
+                CallHook::CallingHost => s.host_entered = Some(Instant::now()),
+                CallHook::ReturningFromHost => {
+                    if let Some(t) = s.host_entered.take() {
+                        s.host_time += t.elapsed();
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        });
         store.set_epoch_deadline(
             (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
         );
@@ -342,20 +356,44 @@ impl Runtime {
         store: &mut Store<HostState>,
         inv: &Invocation,
     ) -> Result<Option<CniResult>, Fault> {
-        let trap = Fault::Trap;
+        let started = Instant::now();
         let plugin = AnyPlugin::instantiate(&mut *store, component, linker).map_err(|e| {
             Error::new(
                 code::PLUGIN_FAULT,
                 format!("plugin {name} cannot be instantiated with the capabilities its role grants: {e:#}"),
             )
         })?;
+        let instantiated = Instant::now();
+        let out = self.dispatch(&plugin, store, inv);
+        let host = store.data().host_time;
+        tracing::debug!(
+            component = name,
+            instantiate_us = (instantiated - started).as_micros() as u64,
+            run_us = instantiated.elapsed().as_micros() as u64,
+            host_us = host.as_micros() as u64,
+            "called"
+        );
+        out
+    }
+
+    /// Calls the plugin function of the invocation's command.
+    fn dispatch(
+        &self,
+        plugin: &AnyPlugin,
+        store: &mut Store<HostState>,
+        inv: &Invocation,
+    ) -> Result<Option<CniResult>, Fault> {
+        let trap = Fault::Trap;
         let api = plugin.cni_plugin_plugin();
         let out = match inv.command {
             Command::Add | Command::Del | Command::Check => {
+                // Opening the container namespace is host work too.
+                let opened = Instant::now();
                 let has_netns = match store.data_mut().kernel.as_deref_mut() {
                     Some(k) => inv.env.netns.is_some() && k.has_container(),
                     None => inv.env.netns.as_ref().is_some_and(|p| p.exists()),
                 };
+                store.data_mut().host_time += opened.elapsed();
                 let req = request(inv, has_netns);
                 match inv.command {
                     Command::Add => api.call_add(&mut *store, &req).map_err(trap)?.map(Some),

@@ -45,6 +45,10 @@ pub struct HostState {
     wasi: WasiCtx,
     stderr: MemoryOutputPipe,
     table: ResourceTable,
+    /// Time spent in host functions (capabilities, WASI) during this
+    /// instance's calls, and when the current one was entered.
+    pub(crate) host_time: std::time::Duration,
+    pub(crate) host_entered: Option<std::time::Instant>,
 }
 
 /// How much of a plugin's stderr is kept.
@@ -74,6 +78,8 @@ impl HostState {
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             stderr,
             table: ResourceTable::new(),
+            host_time: std::time::Duration::ZERO,
+            host_entered: None,
         }
     }
 

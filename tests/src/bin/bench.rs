@@ -840,6 +840,13 @@ struct Trace {
     load_bridge_us: f64,
     load_ipam_us: f64,
     delegated_us: f64,
+    /// Both components: instantiation, and their own code (a call's time
+    /// less the time in host functions).
+    instantiate_us: f64,
+    guest_us: f64,
+    /// Host functions the components called (kernel, store, firewall),
+    /// the nested host-local call not counted twice.
+    host_us: f64,
 }
 
 /// `key=value` fields of a tracing line after its message.
@@ -863,7 +870,17 @@ fn parse_trace(log: &str, wall_us: f64) -> Trace {
         let us = field(tail, "elapsed_us")
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
+        let num = |k: &str| {
+            field(tail, k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         match tail.split_whitespace().next() {
+            Some("called") => {
+                t.instantiate_us += num("instantiate_us");
+                t.guest_us += num("run_us") - num("host_us");
+                t.host_us += num("host_us");
+            }
             Some("loaded") if field(tail, "component").as_deref() == Some("bridge") => {
                 t.load_bridge_us += us
             }
@@ -873,6 +890,8 @@ fn parse_trace(log: &str, wall_us: f64) -> Trace {
             _ => {}
         }
     }
+    // bridge's host time holds the whole host-local delegation.
+    t.host_us -= t.delegated_us;
     t
 }
 
@@ -939,6 +958,9 @@ impl Trace {
             load_bridge_us: med(|t| t.load_bridge_us),
             load_ipam_us: med(|t| t.load_ipam_us),
             delegated_us: med(|t| t.delegated_us),
+            instantiate_us: med(|t| t.instantiate_us),
+            guest_us: med(|t| t.guest_us),
+            host_us: med(|t| t.host_us),
         }
     }
 }
@@ -1200,37 +1222,54 @@ impl Report {
                 let _ = writeln!(w, "| --- | ---: | ---: |");
                 row(w, "wall time of the process (exec to exit)", &|t| t.wall_us);
                 row(w, "in-process total (`done`)", &|t| t.done_us);
-                row(w, "load bridge component (`loaded`)", &|t| t.load_bridge_us);
                 row(
                     w,
-                    "load host-local component (`loaded`, within the delegation)",
-                    &|t| t.load_ipam_us,
+                    "wasm: load both components (`loaded`, mmap of `.cwasm`)",
+                    &|t| t.load_bridge_us + t.load_ipam_us,
                 );
                 row(
                     w,
-                    "host-local delegation, load included (`delegated`)",
-                    &|t| t.delegated_us,
+                    "wasm: instantiate both (`called` instantiate_us)",
+                    &|t| t.instantiate_us,
                 );
                 row(
                     w,
-                    "rest of bridge: engine, instantiate, guest code, host calls",
-                    &|t| t.done_us - t.load_bridge_us - t.delegated_us,
+                    "wasm: the components' own code (run_us − host_us)",
+                    &|t| t.guest_us,
+                );
+                row(
+                    w,
+                    "host work the components asked for: netlink, sysctl, store, firewall (host_us)",
+                    &|t| t.host_us,
+                );
+                row(
+                    w,
+                    "rest in-process: engine and linkers, config, result, delegation",
+                    &|t| {
+                        t.done_us
+                            - t.load_bridge_us
+                            - t.load_ipam_us
+                            - t.instantiate_us
+                            - t.guest_us
+                            - t.host_us
+                    },
                 );
                 row(
                     w,
                     "outside `done`: exec, dynamic linking, logger setup, exit",
                     &|t| t.wall_us - t.done_us,
                 );
+                let wasm =
+                    |t: &Trace| t.load_bridge_us + t.load_ipam_us + t.instantiate_us + t.guest_us;
                 let _ = writeln!(
                     w,
                     "\nMedians of {PROBE_RUNS} ADD/DEL pairs on a fresh node with `WASM_CNI_LOG=debug` \
-                     (logging to a file adds a little). Loading both components (mmap of the \
-                     precompiled `.cwasm`) is {:.0} % of an ADD. Not in the logs: how the rest \
-                     splits between engine setup, instantiation, guest code and host capability \
-                     calls (netlink, sysctl, store). That would need one more debug line per \
-                     component call, e.g. `called component=… instantiate_us=… guest_us=… \
-                     host_calls_us=…` (or one per capability call with its elapsed_us).\n",
-                    100.0 * (add.load_bridge_us + add.load_ipam_us) / add.wall_us.max(1.0)
+                     (logging to a file adds a little), bridge with host-local delegated \
+                     in-process. The wasm share (load + instantiate + the components' code) is \
+                     {:.2} ms of an ADD and {:.2} ms of a DEL; time in host functions is measured \
+                     by wasmtime's call hooks around every call out of a component.\n",
+                    wasm(add) / 1000.0,
+                    wasm(del) / 1000.0
                 );
             }
             Err(e) => {
