@@ -175,18 +175,8 @@ impl DiskStore {
     /// is the attachment's alone) and a valid interface name make a path;
     /// anything else is not indexed (and found by a scan).
     fn index_path(&self, container_id: &str, ifname: &str) -> Option<PathBuf> {
-        let id_ok = container_id.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && container_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        let if_ok = !ifname.is_empty()
-            && ifname.len() <= 15
-            && ifname != "."
-            && ifname != ".."
-            && !ifname
-                .chars()
-                .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
-        (id_ok && if_ok).then(|| {
+        use crate::cni::env::{is_container_id, is_ifname};
+        (is_container_id(container_id) && is_ifname(ifname)).then(|| {
             self.dir
                 .join(INDEX_DIR)
                 .join(format!("{container_id}@{ifname}"))

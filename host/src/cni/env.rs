@@ -117,9 +117,7 @@ impl Env {
 }
 
 fn validate_container_id(id: &str) -> Result<()> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+    if is_container_id(id) {
         Ok(())
     } else {
         Err(Error::env(format!(
@@ -128,15 +126,29 @@ fn validate_container_id(id: &str) -> Result<()> {
     }
 }
 
-fn validate_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// A name Linux accepts for an interface: 1-15 bytes, not `.` or `..`, no
+/// `/`, `:`, NUL or whitespace.
+pub(crate) fn is_ifname(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 15
         && name != "."
         && name != ".."
         && !name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+}
+
+/// A container ID of the spec's alphabet: a letter or digit, then
+/// letters, digits, `_`, `.`, `-`.
+pub(crate) fn is_container_id(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn validate_ifname(name: &str) -> Result<()> {
+    if is_ifname(name) {
         Ok(())
     } else {
         Err(Error::env(format!(
