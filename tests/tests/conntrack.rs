@@ -17,6 +17,8 @@
 //! that entered the namespace it belongs to.
 
 mod common;
+#[path = "firewall/net.rs"]
+mod net;
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -176,18 +178,12 @@ impl World {
     fn new() -> World {
         let node = Netns::new("ctnode");
         let outside = Netns::new("ctout");
-        node.sh(&format!(
-            "ip link add up0 type veth peer name out0 netns {out} \
-             && ip addr add {NODE4}/24 dev up0 \
-             && ip addr add {NODE6}/64 dev up0 nodad \
-             && ip link set up0 up",
-            out = outside.name()
-        ));
-        outside.sh(&format!(
-            "ip addr add {OUT4}/24 dev out0 \
-             && ip addr add {OUT6}/64 dev out0 nodad \
-             && ip link set out0 up"
-        ));
+        net::uplink(
+            &node,
+            &outside,
+            &[&format!("{NODE4}/24"), &format!("{NODE6}/64")],
+            &[&format!("{OUT4}/24"), &format!("{OUT6}/64")],
+        );
         let driver = Driver::new(dist(), &node);
         World {
             node,

@@ -194,18 +194,12 @@ impl Fw {
     fn on(dir: &Path, tag: &str, backend: Option<Backend>) -> Fw {
         let node = Netns::new(tag);
         let outside = Netns::new("fwout");
-        node.sh(&format!(
-            "ip link add up0 type veth peer name out0 netns {out} \
-             && ip addr add {NODE4}/24 dev up0 \
-             && ip addr add {NODE6}/64 dev up0 nodad \
-             && ip link set up0 up",
-            out = outside.name()
-        ));
-        outside.sh(&format!(
-            "ip addr add {OUT4}/24 dev out0 \
-             && ip addr add {OUT6}/64 dev out0 nodad \
-             && ip link set out0 up"
-        ));
+        net::uplink(
+            &node,
+            &outside,
+            &[&format!("{NODE4}/24"), &format!("{NODE6}/64")],
+            &[&format!("{OUT4}/24"), &format!("{OUT6}/64")],
+        );
         let driver = Driver::new(dir, &node);
         Fw {
             backend,

@@ -42,15 +42,12 @@ impl World {
     fn new() -> World {
         let node = Netns::new("pmnode");
         let outside = Netns::new("pmout");
-        node.sh(&format!(
-            "ip link add up0 type veth peer name out0 netns {out} \
-             && ip addr add {NODE4}/24 dev up0 && ip link set up0 up",
-            out = outside.name()
-        ));
-        outside.sh(&format!(
-            "ip addr add {OUT4}/24 dev out0 && ip addr add {OUT4_OTHER}/24 dev out0 \
-             && ip link set out0 up"
-        ));
+        net::uplink(
+            &node,
+            &outside,
+            &[&format!("{NODE4}/24")],
+            &[&format!("{OUT4}/24"), &format!("{OUT4_OTHER}/24")],
+        );
         let driver = Driver::new(dist(), &node);
         World {
             node,
@@ -242,6 +239,25 @@ fn external_set_mark_chain_hands_masquerade_to_its_owner() {
     assert!(hits > 0, "{counted}");
 }
 
+/// Pod `a` (host port 8080) is reached from [`OUT4`] only, pod `b` (8081)
+/// from every other source: each answers with its name and the peer it saw.
+/// The servers are returned, to keep listening for later checks.
+fn only_the_selected_sources_reach(w: &World, a: &Pod, b: &Pod) -> (Server, Server) {
+    let servers = (
+        Server::start(&a.ns, POD_PORT, "pod-a", 2),
+        Server::start(&b.ns, POD_PORT, "pod-b", 2),
+    );
+    let from = |src: &str, port: u16| connect_from(&w.outside, Some(src), NODE4, port, 3.0);
+    assert_eq!(from(OUT4, 8080), Ok(format!("pod-a {OUT4}")));
+    assert!(
+        from(OUT4_OTHER, 8080).is_err(),
+        "{OUT4_OTHER} reached pod-a"
+    );
+    assert!(from(OUT4, 8081).is_err(), "{OUT4} reached pod-b");
+    assert_eq!(from(OUT4_OTHER, 8081), Ok(format!("pod-b {OUT4_OTHER}")));
+    servers
+}
+
 /// `conditionsV4` narrow who reaches a host port: `-s <outside>/32` lets
 /// only that address in, `! -s <outside>/32` everybody else. A connection
 /// the conditions leave out reaches the node itself, where nothing listens.
@@ -253,17 +269,7 @@ fn conditions_v4_select_the_sources_that_reach_the_pod() {
     let except = w.list(json!({ "conditionsV4": ["!", "-s", format!("{OUT4}/32")] }));
     let a = w.add(&only, "pod-a", 8080);
     let b = w.add(&except, "pod-b", 8081);
-    let _srv_a = Server::start(&a.ns, POD_PORT, "pod-a", 2);
-    let _srv_b = Server::start(&b.ns, POD_PORT, "pod-b", 2);
-
-    let from = |src: &str, port: u16| connect_from(&w.outside, Some(src), NODE4, port, 3.0);
-    assert_eq!(from(OUT4, 8080), Ok(format!("pod-a {OUT4}")));
-    assert!(
-        from(OUT4_OTHER, 8080).is_err(),
-        "{OUT4_OTHER} reached pod-a"
-    );
-    assert!(from(OUT4, 8081).is_err(), "{OUT4} reached pod-b");
-    assert_eq!(from(OUT4_OTHER, 8081), Ok(format!("pod-b {OUT4_OTHER}")));
+    let _servers = only_the_selected_sources_reach(&w, &a, &b);
 
     for (id, cond) in [
         ("pod-a", format!("-s {OUT4}/32")),
@@ -300,17 +306,7 @@ fn nft_conditions_v4_select_the_sources_that_reach_the_pod() {
     let a = w.pod("pod-a");
     let result_a = w.driver.add(&only, &a.att, &caps(8080)).expect("ADD pod-a");
     let b = w.add(&except, "pod-b", 8081);
-    let _srv_a = Server::start(&a.ns, POD_PORT, "pod-a", 2);
-    let _srv_b = Server::start(&b.ns, POD_PORT, "pod-b", 2);
-
-    let from = |src: &str, port: u16| connect_from(&w.outside, Some(src), NODE4, port, 3.0);
-    assert_eq!(from(OUT4, 8080), Ok(format!("pod-a {OUT4}")));
-    assert!(
-        from(OUT4_OTHER, 8080).is_err(),
-        "{OUT4_OTHER} reached pod-a"
-    );
-    assert!(from(OUT4, 8081).is_err(), "{OUT4} reached pod-b");
-    assert_eq!(from(OUT4_OTHER, 8081), Ok(format!("pod-b {OUT4_OTHER}")));
+    let _servers = only_the_selected_sources_reach(&w, &a, &b);
 
     let chain = || {
         w.node
@@ -339,7 +335,10 @@ fn nft_conditions_v4_select_the_sources_that_reach_the_pod() {
     let listing = chain();
     assert!(!listing.contains("id=pod-a "), "{listing}");
     assert!(listing.contains("id=pod-b "), "{listing}");
-    assert!(from(OUT4, 8080).is_err(), "pod-a still reachable after DEL");
+    assert!(
+        connect_from(&w.outside, Some(OUT4), NODE4, 8080, 3.0).is_err(),
+        "pod-a still reachable after DEL"
+    );
     w.driver
         .del(&except, &b.att, &caps(8081), None)
         .expect("DEL pod-b without prevResult");

@@ -144,3 +144,26 @@ pub fn reach(ns: &Netns, host: &str, port: u16) -> String {
     connect(ns, host, port, 3.0)
         .unwrap_or_else(|e| panic!("{} cannot reach {host}:{port}: {e}", ns.name()))
 }
+
+/// Wires `node` to `outside` with a veth pair, `up0` in the node and `out0`
+/// outside, both up, with the given addresses (`addr/len`; IPv6 ones
+/// without duplicate address detection, so they are usable at once).
+pub fn uplink(node: &Netns, outside: &Netns, node_addrs: &[&str], out_addrs: &[&str]) {
+    let addrs = |dev: &str, list: &[&str]| -> String {
+        list.iter()
+            .map(|a| {
+                let nodad = if a.contains(':') { " nodad" } else { "" };
+                format!(" && ip addr add {a} dev {dev}{nodad}")
+            })
+            .collect()
+    };
+    node.sh(&format!(
+        "ip link add up0 type veth peer name out0 netns {out}{} && ip link set up0 up",
+        addrs("up0", node_addrs),
+        out = outside.name()
+    ));
+    outside.sh(&format!(
+        "true{} && ip link set out0 up",
+        addrs("out0", out_addrs)
+    ));
+}
