@@ -173,6 +173,14 @@ impl Runtime {
         Ok(component)
     }
 
+    /// The error for a plugin type with no component in the directory.
+    fn missing(&self, name: &str) -> Error {
+        Error::config(format!(
+            "type: no plugin component {name:?} in {} (expected {name}.{PRECOMPILED_EXT})",
+            self.dir.display()
+        ))
+    }
+
     /// No usable precompiled artifact: the installed binary has no compiler,
     /// so the error says how to make one.
     #[cfg(not(feature = "compiler"))]
@@ -183,11 +191,7 @@ impl Runtime {
         e: wasmtime::Error,
     ) -> Result<Component> {
         if !precompiled.exists() {
-            return Err(Error::config(format!(
-                "type: no plugin component {name:?} in {} (expected {})",
-                self.dir.display(),
-                precompiled.display()
-            )));
+            return Err(self.missing(name));
         }
         Err(Error::io(format!(
             "component {name:?}: {} cannot be loaded by this wasm-cni ({e:#}); \
@@ -208,10 +212,7 @@ impl Runtime {
     ) -> Result<Component> {
         let wasm = precompiled.with_extension(WASM_EXT);
         if !wasm.is_file() {
-            return Err(Error::config(format!(
-                "type: no plugin component {name:?} in {}",
-                self.dir.display()
-            )));
+            return Err(self.missing(name));
         }
         if precompiled.exists() {
             tracing::warn!(

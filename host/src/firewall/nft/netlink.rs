@@ -498,7 +498,8 @@ impl Conn {
         Ok(out)
     }
 
-    /// The rules of `chain`; `ENOENT` when the table or chain is missing.
+    /// The rules of `chain`: none when the chain is missing (a filtered
+    /// dump), `ENOENT` when the table is.
     pub fn rules(&mut self, table: &str, chain: &str) -> Result<Vec<Rule>, Failure> {
         let mut a = Vec::new();
         put_str(&mut a, RULE_TABLE, table);
