@@ -340,36 +340,168 @@ pub struct Conn {
     deleted: bool,
 }
 
-/// Closing a netfilter socket waits for nf_tables to free what earlier
-/// transactions deleted: the kernel's release hook flushes its deferred
-/// destroy work, which waits an RCU grace period (10-15 ms measured here,
-/// most of a DEL). The deletion itself is complete and visible before
-/// that; only the freeing is waited for. So a socket that deleted
-/// something is closed by a detached grandchild ([`crate::kernel::detach`]):
-/// it keeps the last reference, waits until this process has let go of its
-/// own, and closes it while the invocation returns.
+/// Closing a netfilter socket waits for nf_tables to free what
+/// transactions deleted: the kernel's release hook flushes the namespace's
+/// deferred destroy work, which waits an RCU grace period (10-15 ms measured
+/// here), whoever deleted, and it does so holding the commit lock that
+/// every transaction, and every network device registered in the
+/// namespace, also takes. The deletions themselves are complete and
+/// visible before that; only the freeing is waited for.
+///
+/// So a socket is closed by a detached grandchild
+/// ([`crate::kernel::detach`]) when something may still be being freed:
+/// when it deleted something itself, or while another invocation's freeing
+/// is pending (see [`FREEING_MARKER`]). The grandchild waits until this
+/// process has let go of its own reference, then sits out grace periods
+/// without any lock (`membarrier(MEMBARRIER_CMD_GLOBAL)` is a
+/// `synchronize_rcu`) until one passes in which no transaction was committed
+/// (the ruleset's generation did not move), and closes. The destroy work of
+/// every earlier deletion is done by then, so the release hook takes the
+/// lock only for a moment, and neither the next plugin of the chain nor the
+/// next pod's new veth waits for it. Otherwise (most invocations) the socket
+/// is closed at once.
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some(sock) = self.sock.take() {
-            if self.deleted {
-                release_in_background(sock);
-            }
+        let Some(sock) = self.sock.take() else {
+            return;
+        };
+        let marker = crate::kernel::netns::cookie()
+            .map(|c| std::path::PathBuf::from(format!("{FREEING_MARKER}.{c}")));
+        if self.deleted {
+            let done = marker.as_deref().and_then(|m| {
+                mark_pending(m);
+                std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).ok()
+            });
+            release_in_background(sock, done);
+        } else if marker.as_deref().is_some_and(pending) {
+            release_in_background(sock, None);
         }
     }
 }
 
-fn release_in_background(sock: Socket) {
+/// With the namespace's cookie appended: its modification time is when the
+/// freeing of the last deletion in that namespace is known to be over. A
+/// deleter sets it [`FREEING_WINDOW`] ahead; its grandchild sets it to the
+/// time it closed (tmpfs: gone at reboot, like the rules).
+pub const FREEING_MARKER: &str = "/run/wasm-cni/nft.deleted";
+/// How long a freeing is assumed to last if its grandchild never says it
+/// is over: a grace period is 10-30 ms on a small node, and a wrong guess
+/// costs a fork.
+const FREEING_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Marks a freeing as pending for [`FREEING_WINDOW`], creating the marker
+/// (and its directory) if needed. Best effort: without it, another
+/// invocation's close may wait.
+fn mark_pending(path: &std::path::Path) {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+    };
+    let file = open().or_else(|_| {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        open()
+    });
+    if let Ok(f) = file {
+        let _ = f.set_modified(std::time::SystemTime::now() + FREEING_WINDOW);
+    }
+}
+
+/// Whether a freeing marked at `path` may still be pending.
+fn pending(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t > std::time::SystemTime::now())
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` (`linux/membarrier.h`): returns after an RCU
+/// grace period.
+const MEMBARRIER_CMD_GLOBAL: i32 = 1;
+/// Most grace periods the detached close waits for a quiet one.
+const QUIET_TRIES: usize = 8;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFT_MSG_NEWGEN: u16 = 15;
+/// `NFTA_GEN_ID` (enum nft_gen_attributes).
+const GEN_ID: u16 = 1;
+/// Sequence number of the generation requests of a detached close.
+const GEN_SEQ: u32 = 0x6765_6e00;
+
+/// The ruleset generation in an `NFT_MSG_NEWGEN` answer. Allocates
+/// nothing: it runs in a forked child.
+fn gen_id(reply: &[u8]) -> Option<u32> {
+    const HEADER: usize = 16 + 4;
+    let kind = u16::from_ne_bytes([*reply.get(4)?, *reply.get(5)?]);
+    if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+        return None;
+    }
+    let mut at = HEADER;
+    while let Some(h) = reply.get(at..at + 4) {
+        let len = u16::from_ne_bytes([h[0], h[1]]) as usize;
+        if len < 4 {
+            return None;
+        }
+        if u16::from_ne_bytes([h[2], h[3]]) & 0x3fff == GEN_ID && len == 8 {
+            let v = reply.get(at + 4..at + 8)?;
+            return Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        at += len.next_multiple_of(4);
+    }
+    None
+}
+
+/// Closes `sock` in a detached grandchild once nothing is left to free;
+/// then sets the modification time of `done` (a freeing marker) to now.
+fn release_in_background(sock: Socket, done: Option<std::ffi::CString>) {
     use std::os::fd::AsRawFd;
 
     let Ok((r, w)) = nix::unistd::pipe() else {
         return;
     };
+    let request = message(
+        NFNL_SUBSYS_NFTABLES,
+        NFT_MSG_GETGEN,
+        NLM_F_REQUEST,
+        GEN_SEQ,
+        0,
+        0,
+        &[],
+    );
     let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
     crate::kernel::detach::spawn(&[fd, rfd], || unsafe {
+        // Async-signal-safe only: read, send, recv, membarrier, close.
         let mut b = 0u8;
         // Returns at EOF: every write end (this process's) is closed.
         while libc::read(rfd, (&mut b as *mut u8).cast(), 1) > 0 {}
+        let generation = || {
+            let mut buf = [0u8; 256];
+            if libc::send(fd, request.as_ptr().cast(), request.len(), 0) < 0 {
+                return None;
+            }
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            gen_id(buf.get(..usize::try_from(n).ok()?)?)
+        };
+        // The grace period this process's own deletion waits for.
+        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0u32, 0i32);
+        let mut last = generation();
+        for _ in 0..QUIET_TRIES {
+            // Unsupported (EINVAL under nohz_full, ENOSYS): close at once.
+            if libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0u32, 0i32) != 0 {
+                break;
+            }
+            let now = generation();
+            if now.is_none() || now == last {
+                break;
+            }
+            last = now;
+        }
         libc::close(fd);
+        if let Some(path) = &done {
+            libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
+        }
         libc::_exit(0);
     });
     // Without a child, the socket is closed here, and waits.
@@ -516,6 +648,30 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_is_read_from_a_newgen_answer() {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, GEN_ID, &0x0102_0304u32.to_be_bytes());
+        put_attr(&mut attrs, 2, &7u32.to_be_bytes());
+        let reply = message(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_NEWGEN,
+            0,
+            GEN_SEQ,
+            0,
+            0,
+            &attrs,
+        );
+        assert_eq!(gen_id(&reply), Some(0x0102_0304));
+        // Another message, a cut one, an attribute too short: no generation.
+        let other = message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, 0, 1, 0, 0, &attrs);
+        assert_eq!(gen_id(&other), None);
+        assert_eq!(gen_id(&reply[..22]), None);
+        let mut bad = reply.clone();
+        bad[20] = 2;
+        assert_eq!(gen_id(&bad), None);
+    }
 
     #[test]
     fn element_round_trips_through_the_wire_layout() {
