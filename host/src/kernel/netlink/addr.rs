@@ -36,10 +36,13 @@ fn address_of(msg: &AddressMessage) -> Option<IpNet> {
     })
 }
 
+/// The addresses of link `index`, of every family: the kernel filters by
+/// link (strict checking, see [`super::connect`]); the filter here only
+/// repeats it.
 async fn dump(h: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
-    h.address()
-        .get()
-        .set_link_index_filter(index)
+    let mut request = h.address().get().set_link_index_filter(index);
+    request.message_mut().header.index = index;
+    request
         .execute()
         .try_collect()
         .await

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use nix::libc::{EEXIST, ESRCH};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -150,10 +151,16 @@ fn oif(msg: &RouteMessage) -> Option<u32> {
 pub async fn list(h: &Handle, dev: &str) -> Result<Vec<RouteSpec>> {
     let index = index(h, dev).await?;
     let mut out = Vec::new();
-    for query in [
+    for mut query in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
     ] {
+        // A strict dump filters on protocol and type when set: every
+        // protocol (`boot`, `kernel`, `static` …) and type is wanted; the
+        // kernel filters the table.
+        query.header.protocol = RouteProtocol::Unspec;
+        query.header.scope = RouteScope::Universe;
+        query.header.kind = RouteType::Unspec;
         let msgs: Vec<RouteMessage> = h
             .route()
             .get(query)
