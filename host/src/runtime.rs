@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
@@ -58,8 +58,9 @@ pub fn engine_config() -> Config {
 pub struct Runtime {
     engine: Engine,
     dir: PathBuf,
-    network: Linker<HostState>,
-    ipam: Linker<HostState>,
+    /// Built on first use: most invocations need one role only.
+    network: OnceLock<Linker<HostState>>,
+    ipam: OnceLock<Linker<HostState>>,
     limits: Limits,
     loaded: Mutex<HashMap<String, Component>>,
 }
@@ -80,16 +81,27 @@ impl Runtime {
                 None => break,
             }
         });
-        let network = Self::linker(&engine, Role::Network).map_err(|e| wasm_err("link", e))?;
-        let ipam = Self::linker(&engine, Role::Ipam).map_err(|e| wasm_err("link", e))?;
         Ok(Arc::new(Runtime {
             engine,
             dir: dir.into(),
-            network,
-            ipam,
+            network: OnceLock::new(),
+            ipam: OnceLock::new(),
             limits,
             loaded: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The linker of `role`, built the first time it is needed.
+    fn linker_of(&self, role: Role) -> Result<&Linker<HostState>> {
+        let cell = match role {
+            Role::Network => &self.network,
+            Role::Ipam => &self.ipam,
+        };
+        if let Some(l) = cell.get() {
+            return Ok(l);
+        }
+        let l = Self::linker(&self.engine, role).map_err(|e| wasm_err("link", e))?;
+        Ok(cell.get_or_init(|| l))
     }
 
     /// Deny by default: an IPAM component is linked to `log` and `store`
@@ -336,16 +348,13 @@ impl Runtime {
         store.set_epoch_deadline(
             (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
         );
-        let linker = match role {
-            Role::Network => &self.network,
-            Role::Ipam => &self.ipam,
-        };
-        let out = self
-            .instantiate_and_call(name, component, linker, &mut store, inv)
-            .map_err(|e| match e {
-                Fault::Cni(e) => e,
-                Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
-            });
+        let out = self.linker_of(role).and_then(|linker| {
+            self.instantiate_and_call(name, component, linker, &mut store, inv)
+                .map_err(|e| match e {
+                    Fault::Cni(e) => e,
+                    Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
+                })
+        });
         (out, store.into_data())
     }
 
