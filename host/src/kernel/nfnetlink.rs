@@ -222,13 +222,25 @@ pub(crate) fn receive(sock: &Socket) -> io::Result<Vec<u8>> {
 /// Sends `request` (sequence `seq`, asking for an acknowledgement) and
 /// waits for its answer: Ok, or the kernel's errno.
 pub(crate) fn call(sock: &Socket, seq: u32, request: &[u8]) -> io::Result<()> {
+    get(sock, seq, request).map(drop)
+}
+
+/// Sends the request `request` (sequence `seq`, asking for an
+/// acknowledgement) and returns the attributes of every answer before the
+/// acknowledgement, or the kernel's errno.
+pub(crate) fn get(sock: &Socket, seq: u32, request: &[u8]) -> io::Result<Vec<Vec<u8>>> {
     sock.send(request, 0)?;
+    let mut answers = Vec::new();
     loop {
         let buf = receive(sock)?;
         for m in messages(&buf)? {
-            if m.seq == seq && m.kind == NLMSG_ERROR {
-                return acked(m.payload);
+            if m.seq != seq {
+                continue;
             }
+            if m.kind == NLMSG_ERROR {
+                return acked(m.payload).map(|()| answers);
+            }
+            answers.push(m.body()?.to_vec());
         }
     }
 }

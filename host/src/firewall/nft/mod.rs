@@ -250,18 +250,19 @@ fn jump_element(pod: IpAddr, chain: &str, comment: &str) -> Element {
 
 /// A mapping's element and the map it goes to: `hostports_any_*` without a
 /// host IP, `hostports_ip_*` with one.
+/// A mapping's key in `hostports_any_*`: protocol . host port.
+fn any_key(m: &PortMapping) -> Vec<u8> {
+    concat(&[&[proto_number(m.protocol), 0, 0, 0], &port(m.host_port)])
+}
+
 fn mapping_element(m: &PortMapping, comment: &str) -> (&'static str, Element) {
     let pod: IpAddr = m.container_ip.into();
-    let proto = [proto_number(m.protocol), 0, 0, 0];
     let (set, key) = match m.host_ip.map(IpAddr::from) {
         Some(h) => (
             set_name("hostports_ip", pod),
-            concat(&[&addr(h), &proto, &port(m.host_port)]),
+            concat(&[&addr(h), &any_key(m)]),
         ),
-        None => (
-            set_name("hostports_any", pod),
-            concat(&[&proto, &port(m.host_port)]),
-        ),
+        None => (set_name("hostports_any", pod), any_key(m)),
     };
     let e = Element {
         key,
@@ -535,21 +536,40 @@ impl Nftables {
     }
 
     /// Fails when a host port of `maps` is already mapped to another
-    /// attachment: the same host IP, or either one on every address. Lists
-    /// only the host-port maps of the families asked for.
+    /// attachment: the same host IP, or either one on every address.
+    /// Mappings on every address (the common case) are looked up by key
+    /// in `hostports_any_*`, so the check costs the same with any number
+    /// of pods; the maps of mappings with a host IP or conditions, which
+    /// any mapping of the port may clash with, are listed.
     fn check_host_ports(&mut self, owner: &Owner, maps: &[PortMapping]) -> Result<()> {
         let mut taken: Vec<(PortMapping, String)> = Vec::new();
+        let keep = |e: Element, taken: &mut Vec<(PortMapping, String)>| {
+            if !owner.owns(&e.comment) {
+                if let Some(m) = parse_mapping(&e) {
+                    taken.push((m, e.comment));
+                }
+            }
+        };
         for f in ["v4", "v6"] {
-            if !maps.iter().any(|m| family(m.container_ip.into()) == f) {
+            let of_family: Vec<&PortMapping> = maps
+                .iter()
+                .filter(|m| family(m.container_ip.into()) == f)
+                .collect();
+            if of_family.is_empty() {
                 continue;
             }
-            for kind in ["hostports_any", "hostports_ip", "hostports_held"] {
-                taken.extend(
-                    self.elements(&format!("{kind}_{f}"))?
-                        .into_iter()
-                        .filter(|e| !owner.owns(&e.comment))
-                        .filter_map(|e| Some((parse_mapping(&e)?, e.comment))),
-                );
+            let any = format!("hostports_any_{f}");
+            for m in &of_family {
+                match self.conn()?.element(TABLE, &any, &any_key(m)) {
+                    Ok(Some(e)) => keep(e, &mut taken),
+                    Ok(None) => {}
+                    Err(f) => return Err(kernel_error(&format!("look up set {any}"), &f)),
+                }
+            }
+            for kind in ["hostports_ip", "hostports_held"] {
+                for e in self.elements(&format!("{kind}_{f}"))? {
+                    keep(e, &mut taken);
+                }
             }
         }
         for m in maps {

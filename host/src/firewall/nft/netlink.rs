@@ -368,10 +368,7 @@ impl Drop for Conn {
         let marker = crate::kernel::netns::cookie()
             .map(|c| std::path::PathBuf::from(format!("{FREEING_MARKER}.{c}")));
         if self.deleted {
-            let done = marker.as_deref().and_then(|m| {
-                mark_pending(m);
-                std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).ok()
-            });
+            let done = marker.as_deref().and_then(mark_pending);
             release_in_background(sock, done);
         } else if marker.as_deref().is_some_and(pending) {
             release_in_background(sock, None);
@@ -379,20 +376,27 @@ impl Drop for Conn {
     }
 }
 
-/// With the namespace's cookie appended: its modification time is when the
-/// freeing of the last deletion in that namespace is known to be over. A
-/// deleter sets it [`FREEING_WINDOW`] ahead; its grandchild sets it to the
-/// time it closed (tmpfs: gone at reboot, like the rules).
+/// With the namespace's cookie appended: while its modification time is
+/// in the future, a freeing may be pending in that namespace. A deleter
+/// sets it [`FREEING_WINDOW`] ahead; its grandchild sets it back to the
+/// present when it has closed, unless a later deleter moved it again
+/// (tmpfs: gone at reboot, like the rules).
 pub const FREEING_MARKER: &str = "/run/wasm-cni/nft.deleted";
 /// How long a freeing is assumed to last if its grandchild never says it
 /// is over: a grace period is 10-30 ms on a small node, and a wrong guess
 /// costs a fork.
 const FREEING_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A pending freeing as marked: the marker, and the time it was set to.
+struct Freeing {
+    path: std::ffi::CString,
+    until: libc::timespec,
+}
+
 /// Marks a freeing as pending for [`FREEING_WINDOW`], creating the marker
 /// (and its directory) if needed. Best effort: without it, another
 /// invocation's close may wait.
-fn mark_pending(path: &std::path::Path) {
+fn mark_pending(path: &std::path::Path) -> Option<Freeing> {
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -400,14 +404,38 @@ fn mark_pending(path: &std::path::Path) {
             .write(true)
             .open(path)
     };
-    let file = open().or_else(|_| {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    let file = open()
+        .or_else(|_| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        })
+        .ok()?;
+    let until = std::time::SystemTime::now() + FREEING_WINDOW;
+    file.set_modified(until).ok()?;
+    let since = until.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(Freeing {
+        path: std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?,
+        until: libc::timespec {
+            tv_sec: since.as_secs() as libc::time_t,
+            tv_nsec: since.subsec_nanos() as libc::c_long,
+        },
+    })
+}
+
+impl Freeing {
+    /// Sets the marker back to the present if it still holds this
+    /// freeing's time. Async-signal-safe (stat, utimensat).
+    fn over(&self) {
+        // SAFETY: a zeroed `stat` is a valid out-buffer for fstatat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated; `st` is writable.
+        let ok = unsafe { libc::fstatat(libc::AT_FDCWD, self.path.as_ptr(), &mut st, 0) } == 0;
+        if ok && st.st_mtime == self.until.tv_sec && st.st_mtime_nsec == self.until.tv_nsec {
+            // SAFETY: as above; a null `times` means now.
+            unsafe { libc::utimensat(libc::AT_FDCWD, self.path.as_ptr(), std::ptr::null(), 0) };
         }
-        open()
-    });
-    if let Ok(f) = file {
-        let _ = f.set_modified(std::time::SystemTime::now() + FREEING_WINDOW);
     }
 }
 
@@ -453,9 +481,9 @@ fn gen_id(reply: &[u8]) -> Option<u32> {
     None
 }
 
-/// Closes `sock` in a detached grandchild once nothing is left to free;
-/// then sets the modification time of `done` (a freeing marker) to now.
-fn release_in_background(sock: Socket, done: Option<std::ffi::CString>) {
+/// Closes `sock` in a detached grandchild once nothing is left to free,
+/// then says `done` is over.
+fn release_in_background(sock: Socket, done: Option<Freeing>) {
     use std::os::fd::AsRawFd;
 
     let Ok((r, w)) = nix::unistd::pipe() else {
@@ -499,8 +527,8 @@ fn release_in_background(sock: Socket, done: Option<std::ffi::CString>) {
             last = now;
         }
         libc::close(fd);
-        if let Some(path) = &done {
-            libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
+        if let Some(f) = &done {
+            f.over();
         }
         libc::_exit(0);
     });
@@ -628,6 +656,41 @@ impl Conn {
         let mut out = Vec::new();
         self.dump(NFT_MSG_GETSETELEM, &a, |p| parse_elements(p, &mut out))?;
         Ok(out)
+    }
+
+    /// The element of `set` whose key is `key`, looked up by the kernel
+    /// (nothing listed); `None` when there is none. `ENOENT` also stands
+    /// for a missing set or table, which hold no element either.
+    pub fn element(
+        &mut self,
+        table: &str,
+        set: &str,
+        key: &[u8],
+    ) -> Result<Option<Element>, Failure> {
+        let probe = Element {
+            key: key.to_vec(),
+            ..Element::default()
+        };
+        let seq = self.next_seq(0);
+        let msg = message(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+            &element_attrs(table, set, &probe, false),
+        );
+        let answers = match nfnetlink::get(self.sock()?, seq, &msg) {
+            Ok(a) => a,
+            Err(e) if e.raw_os_error() == Some(ENOENT) => return Ok(None),
+            Err(e) => return Err(Failure::io(e)),
+        };
+        let mut found = Vec::new();
+        for a in &answers {
+            parse_elements(a, &mut found).map_err(Failure::io)?;
+        }
+        Ok(found.into_iter().find(|e| e.key == key))
     }
 
     /// The rules of `chain`: none when the chain is missing (a filtered
