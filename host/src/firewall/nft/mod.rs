@@ -811,6 +811,34 @@ impl Firewall for Nftables {
         self.delete_where(kind, |c| owner.owns(c))
     }
 
+    /// Each address's element of `masq_v4` / `masq_v6`, looked up by key
+    /// and deleted when it is the owner's.
+    fn remove_masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<()> {
+        if pods.is_empty() {
+            return self.remove(owner, RuleKind::Masquerade);
+        }
+        let mut batch = Batch::new();
+        let mut names = Vec::new();
+        for &pod in pods {
+            let set = set_name("masq", pod);
+            match self.conn()?.element(TABLE, set, &addr(pod)) {
+                Ok(Some(e)) if owner.owns(&e.comment) => {
+                    batch.delete(TABLE, set, &e);
+                    names.push(set);
+                }
+                Ok(_) => {}
+                Err(f) => return Err(kernel_error(&format!("look up set {set}"), &f)),
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.conn()?.commit(&batch) {
+            Err(f) if f.errno == ENOENT => Ok(()),
+            other => other.map_err(|f| failure(&f, &names, "delete elements")),
+        }
+    }
+
     fn list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
         let mut owned = Owned {
             masquerade: vec![],

@@ -33,6 +33,11 @@ pub struct NetlinkKernel {
     container: Option<Container>,
 }
 
+/// IPv6 link-local (fe80::/10): never a pod address the firewall knows.
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
 /// The errno of a failed netlink request.
 pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -272,6 +277,20 @@ impl Kernel for NetlinkKernel {
     }
 
     fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+        if kind == RuleKind::Masquerade {
+            // The pod's addresses, while its interface still has them; a
+            // container namespace or interface that is gone leaves the
+            // full listing.
+            let pods: Vec<std::net::IpAddr> = match self.addr_list(Ns::Container, &owner.ifname) {
+                Ok(addrs) => addrs
+                    .iter()
+                    .map(|a| a.ip())
+                    .filter(|ip| !is_link_local(*ip))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            return firewall::each(|fw| fw.remove_masquerade_of(owner, &pods));
+        }
         firewall::each(|fw| fw.remove(owner, kind))
     }
 
