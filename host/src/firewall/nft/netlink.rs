@@ -348,10 +348,10 @@ pub struct Conn {
 /// namespace, also takes. The deletions themselves are complete and
 /// visible before that; only the freeing is waited for.
 ///
-/// So a socket is closed by a detached grandchild
+/// So a socket is closed by a detached process
 /// ([`crate::kernel::detach`]) when something may still be being freed:
 /// when it deleted something itself, or while another invocation's freeing
-/// is pending (see [`FREEING_MARKER`]). The grandchild waits until this
+/// is pending (see [`FREEING_MARKER`]). It waits until the invoking
 /// process has let go of its own reference, then sits out grace periods
 /// without any lock (`membarrier(MEMBARRIER_CMD_GLOBAL)` is a
 /// `synchronize_rcu`) until one passes in which no transaction was committed
@@ -378,25 +378,34 @@ impl Drop for Conn {
 
 /// With the namespace's cookie appended: while its modification time is
 /// in the future, a freeing may be pending in that namespace. A deleter
-/// sets it [`FREEING_WINDOW`] ahead; its grandchild sets it back to the
+/// sets it [`FREEING_WINDOW`] ahead; its detached close sets it back to the
 /// present when it has closed, unless a later deleter moved it again
 /// (tmpfs: gone at reboot, like the rules).
 pub const FREEING_MARKER: &str = "/run/wasm-cni/nft.deleted";
-/// How long a freeing is assumed to last if its grandchild never says it
+/// How long a freeing is assumed to last if its detached close never says it
 /// is over: a grace period is 10-30 ms on a small node, and a wrong guess
-/// costs a fork.
+/// costs a detached close.
 const FREEING_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A pending freeing as marked: the marker, and the time it was set to.
+/// A pending freeing as marked: the marker (NUL-terminated, in a fixed
+/// buffer: a detached close owns nothing to drop), and the time it was set
+/// to.
+#[derive(Clone, Copy)]
 struct Freeing {
-    path: std::ffi::CString,
-    until: libc::timespec,
+    path: [u8; 64],
+    until: (i64, i64),
 }
 
 /// Marks a freeing as pending for [`FREEING_WINDOW`], creating the marker
 /// (and its directory) if needed. Best effort: without it, another
 /// invocation's close may wait.
 fn mark_pending(path: &std::path::Path) -> Option<Freeing> {
+    let mut name = [0u8; 64];
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // One byte left for the NUL.
+    name.get_mut(..bytes.len())
+        .filter(|_| bytes.len() < 64)?
+        .copy_from_slice(bytes);
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -416,25 +425,18 @@ fn mark_pending(path: &std::path::Path) -> Option<Freeing> {
     file.set_modified(until).ok()?;
     let since = until.duration_since(std::time::UNIX_EPOCH).ok()?;
     Some(Freeing {
-        path: std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?,
-        until: libc::timespec {
-            tv_sec: since.as_secs() as libc::time_t,
-            tv_nsec: since.subsec_nanos() as libc::c_long,
-        },
+        path: name,
+        until: (since.as_secs() as i64, i64::from(since.subsec_nanos())),
     })
 }
 
 impl Freeing {
     /// Sets the marker back to the present if it still holds this
-    /// freeing's time. Async-signal-safe (stat, utimensat).
+    /// freeing's time. Raw system calls only: a detached close calls it.
     fn over(&self) {
-        // SAFETY: a zeroed `stat` is a valid out-buffer for fstatat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is NUL-terminated; `st` is writable.
-        let ok = unsafe { libc::fstatat(libc::AT_FDCWD, self.path.as_ptr(), &mut st, 0) } == 0;
-        if ok && st.st_mtime == self.until.tv_sec && st.st_mtime_nsec == self.until.tv_nsec {
-            // SAFETY: as above; a null `times` means now.
-            unsafe { libc::utimensat(libc::AT_FDCWD, self.path.as_ptr(), std::ptr::null(), 0) };
+        use crate::kernel::detach::sys;
+        if sys::mtime(&self.path) == Some(self.until) {
+            sys::touch(&self.path);
         }
     }
 }
@@ -446,9 +448,6 @@ fn pending(path: &std::path::Path) -> bool {
         .is_ok_and(|t| t > std::time::SystemTime::now())
 }
 
-/// `MEMBARRIER_CMD_GLOBAL` (`linux/membarrier.h`): returns after an RCU
-/// grace period.
-const MEMBARRIER_CMD_GLOBAL: i32 = 1;
 /// Most grace periods the detached close waits for a quiet one.
 const QUIET_TRIES: usize = 8;
 const NFT_MSG_GETGEN: u16 = 16;
@@ -457,9 +456,11 @@ const NFT_MSG_NEWGEN: u16 = 15;
 const GEN_ID: u16 = 1;
 /// Sequence number of the generation requests of a detached close.
 const GEN_SEQ: u32 = 0x6765_6e00;
+/// Length of a generation request: netlink header and `nfgenmsg`.
+const GETGEN_LEN: usize = 20;
 
 /// The ruleset generation in an `NFT_MSG_NEWGEN` answer. Allocates
-/// nothing: it runs in a forked child.
+/// nothing: a detached close calls it.
 fn gen_id(reply: &[u8]) -> Option<u32> {
     const HEADER: usize = 16 + 4;
     let kind = u16::from_ne_bytes([*reply.get(4)?, *reply.get(5)?]);
@@ -481,8 +482,8 @@ fn gen_id(reply: &[u8]) -> Option<u32> {
     None
 }
 
-/// Closes `sock` in a detached grandchild once nothing is left to free,
-/// then says `done` is over.
+/// Closes `sock` in a detached process once nothing is left to free, then
+/// says `done` is over.
 fn release_in_background(sock: Socket, done: Option<Freeing>) {
     use std::os::fd::AsRawFd;
 
@@ -498,26 +499,29 @@ fn release_in_background(sock: Socket, done: Option<Freeing>) {
         0,
         &[],
     );
+    let Ok(request) = <[u8; GETGEN_LEN]>::try_from(request) else {
+        return;
+    };
     let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
-    crate::kernel::detach::spawn(&[fd, rfd], || unsafe {
-        // Async-signal-safe only: read, send, recv, membarrier, close.
-        let mut b = 0u8;
+    crate::kernel::detach::spawn(&[fd, rfd], move || {
+        use crate::kernel::detach::sys;
+        let mut b = [0u8; 1];
         // Returns at EOF: every write end (this process's) is closed.
-        while libc::read(rfd, (&mut b as *mut u8).cast(), 1) > 0 {}
+        while sys::read(rfd, &mut b) > 0 {}
         let generation = || {
             let mut buf = [0u8; 256];
-            if libc::send(fd, request.as_ptr().cast(), request.len(), 0) < 0 {
+            if sys::send(fd, &request, 0) < 0 {
                 return None;
             }
-            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            let n = sys::recv(fd, &mut buf);
             gen_id(buf.get(..usize::try_from(n).ok()?)?)
         };
         // The grace period this process's own deletion waits for.
-        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0u32, 0i32);
+        sys::membarrier_global();
         let mut last = generation();
         for _ in 0..QUIET_TRIES {
             // Unsupported (EINVAL under nohz_full, ENOSYS): close at once.
-            if libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0u32, 0i32) != 0 {
+            if sys::membarrier_global() != 0 {
                 break;
             }
             let now = generation();
@@ -526,13 +530,12 @@ fn release_in_background(sock: Socket, done: Option<Freeing>) {
             }
             last = now;
         }
-        libc::close(fd);
+        sys::close(fd);
         if let Some(f) = &done {
             f.over();
         }
-        libc::_exit(0);
     });
-    // Without a child, the socket is closed here, and waits.
+    // Without a detached process, the socket is closed here, and waits.
     drop(sock);
     drop(w);
 }

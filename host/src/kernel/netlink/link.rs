@@ -373,7 +373,7 @@ fn del_request(index: u32) -> [u8; 32] {
 fn ack_errno(buf: &[u8]) -> Option<i32> {
     let kind = u16::from_ne_bytes(buf.get(4..6)?.try_into().ok()?);
     let code = i32::from_ne_bytes(buf.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)?.try_into().ok()?);
-    (kind == NLMSG_ERROR).then_some(-code)
+    (kind == NLMSG_ERROR).then_some(code.wrapping_neg())
 }
 
 /// Whether `buf` (link announcements) says the link with `index` is gone.
@@ -414,32 +414,36 @@ pub fn delete_announced(socks: DeleteSockets, index: u32, name: &str) -> Result<
         |what: &str, e: std::io::Error| Error::io(format!("delete link {name}: {what}: {e}"));
     let request = del_request(index);
     let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { nix::libc::pipe2(fds.as_mut_ptr(), nix::libc::O_CLOEXEC) } != 0 {
-        return Err(fail("pipe", std::io::Error::last_os_error()));
+    // A datagram pair, so the detached answer can be sent without SIGPIPE
+    // when nobody reads any more.
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    if unsafe {
+        nix::libc::socketpair(
+            nix::libc::AF_UNIX,
+            nix::libc::SOCK_SEQPACKET | nix::libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(fail("socketpair", std::io::Error::last_os_error()));
     }
     // SAFETY: both descriptors are new and owned here.
     let (answer_r, answer_w) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let (req_fd, w_fd) = (socks.request.as_raw_fd(), answer_w.as_raw_fd());
-    let detached = crate::kernel::detach::spawn(&[req_fd, w_fd], || unsafe {
-        // Async-signal-safe only: send, wait for the kernel's answer, pass
-        // its errno on (nobody may be reading any more: no SIGPIPE).
-        let mut ignore: nix::libc::sigaction = std::mem::zeroed();
-        ignore.sa_sigaction = nix::libc::SIG_IGN;
-        nix::libc::sigaction(nix::libc::SIGPIPE, &ignore, std::ptr::null_mut());
+    let detached = crate::kernel::detach::spawn(&[req_fd, w_fd], move || {
+        use crate::kernel::detach::sys;
+        // Send, wait for the kernel's answer, pass its errno on.
         let mut errno: i32 = nix::libc::EIO;
-        if nix::libc::send(req_fd, request.as_ptr().cast(), request.len(), 0)
-            == request.len() as isize
-        {
+        if sys::send(req_fd, &request, 0) == request.len() as isize {
             let mut buf = [0u8; 512];
-            let n = nix::libc::recv(req_fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-            if n > 0 {
-                errno = ack_errno(&buf[..n as usize]).unwrap_or(nix::libc::EIO);
+            let n = sys::recv(req_fd, &mut buf);
+            if let Some(got) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) {
+                errno = ack_errno(got).unwrap_or(nix::libc::EIO);
             }
         }
-        nix::libc::write(w_fd, (&errno as *const i32).cast(), 4);
-        nix::libc::_exit(0);
+        sys::send(w_fd, &errno.to_ne_bytes(), nix::libc::MSG_NOSIGNAL);
     });
     drop(answer_w);
     if !detached {
