@@ -664,6 +664,20 @@ fn del_removes_every_rule_of_the_pod(b: Backend) {
         "per-attachment state left"
     );
     assert_eq!(reserved_by(&fw.store(), "pod-b"), Vec::<String>::new());
+
+    // DEL finds host ports by the mappings it is given; without them, or
+    // with others than ADD had, it still removes every one of the pod's.
+    for (id, del_caps) in [
+        ("pod-c", json!({})),
+        ("pod-d", ports(&[(8082, POD_PORT, None)])),
+    ] {
+        let (pod, result) = fw.add_pod(&list, id, &caps);
+        assert!(!fw.mappings(id, false).is_empty(), "{:#?}", fw.owned(id));
+        fw.driver
+            .del(&list, &pod.att, &del_caps, Some(&result))
+            .unwrap_or_else(|e| panic!("DEL {id} with {del_caps}: {e:?}"));
+        fw.assert_nothing_of(id);
+    }
 }
 
 per_backend!(del_after_the_pod_netns_is_gone_removes_the_rules);

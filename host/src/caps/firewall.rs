@@ -3,7 +3,7 @@
 //! addresses (from `prevResult` or its IPAM result).
 
 use crate::bindings::cni::plugin::firewall::{
-    Backend, Host, Masquerade, Owned, PortMapping, PortOptions, RuleKind,
+    Backend, Host, HostPort, Masquerade, Owned, PortMapping, PortOptions, RuleKind,
 };
 use crate::bindings::{Attachment, CniError, IpAddress};
 use crate::error::Error;
@@ -54,6 +54,11 @@ impl Host for HostState {
     fn remove(&mut self, kind: RuleKind) -> Result<(), CniError> {
         let owner = self.owner();
         Ok(self.kernel()?.fw_remove(&owner, kind)?)
+    }
+
+    fn remove_host_ports(&mut self, ports: Vec<HostPort>) -> Result<(), CniError> {
+        let owner = self.owner();
+        Ok(self.kernel()?.fw_remove_host_ports(&owner, &ports)?)
     }
 
     fn list(&mut self, kind: RuleKind) -> Result<Owned, CniError> {

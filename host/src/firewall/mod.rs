@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 pub use crate::bindings::cni::plugin::firewall::{
-    Backend as Choice, Condition, Masquerade, MatchField, Owned, PortMapping, PortOptions,
-    Protocol, RuleKind,
+    Backend as Choice, Condition, HostPort, Masquerade, MatchField, Owned, PortMapping,
+    PortOptions, Protocol, RuleKind,
 };
 use crate::error::Result;
 
@@ -229,6 +229,20 @@ pub trait Firewall {
     fn remove_masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<()> {
         let _ = pods;
         self.remove(owner, RuleKind::Masquerade)
+    }
+    /// Removes the owner's port mappings of the host ports `ports` to the
+    /// pod addresses `pods`, without listing every pod's; everything of
+    /// the owner's, as [`Firewall::remove`], when a port is not found as
+    /// the owner's. By default, and with no ports or addresses, the same as
+    /// [`Firewall::remove`].
+    fn remove_host_ports(
+        &mut self,
+        owner: &Owner,
+        ports: &[HostPort],
+        pods: &[IpAddr],
+    ) -> Result<()> {
+        let _ = (ports, pods);
+        self.remove(owner, RuleKind::PortMappings)
     }
     fn list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
     /// Removes the rules of `kind` of every attachment of `network` not in `valid`.

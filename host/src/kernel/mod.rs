@@ -15,7 +15,9 @@ use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, V
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::Result;
-use crate::firewall::{Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind};
+use crate::firewall::{
+    Choice, HostPort, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
+};
 
 /// Which namespace an operation is for. The container namespace is the one of
 /// this invocation's `CNI_NETNS`, opened once by the kernel implementation.
@@ -82,6 +84,12 @@ pub trait Kernel {
     ) -> Result<()>;
     /// Removes the owner's rules of `kind` from every backend.
     fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()>;
+    /// Removes the owner's port mappings from every backend, finding them
+    /// by their host ports where it can (see the WIT `remove-host-ports`).
+    fn fw_remove_host_ports(&mut self, owner: &Owner, ports: &[HostPort]) -> Result<()> {
+        let _ = ports;
+        self.fw_remove(owner, RuleKind::PortMappings)
+    }
     /// The owner's rules of `kind` in every backend.
     fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()>;

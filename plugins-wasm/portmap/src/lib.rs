@@ -12,6 +12,9 @@
 //! Returns the previous result unchanged.
 //! DEL: removes this attachment's port mappings; always, also without
 //! `prevResult`, mappings or namespace, and succeeds when there are none.
+//! The host finds them by the host ports of `runtimeConfig.portMappings`
+//! (the runtime passes the same ones as to ADD), or, without those, by
+//! reading every pod's.
 //! CHECK: the host still has every rule ADD asked for (a no-op without
 //! mappings). A pod without an IPv6 address has no IPv6 rules to check.
 //! GC: removes the port mappings of attachments no longer valid.
@@ -71,8 +74,8 @@ impl Plugin for Portmap {
     }
 
     fn del(req: Request) -> Result<(), CniError> {
-        Conf::parse(&req.config)?;
-        firewall::remove(RuleKind::PortMappings)
+        let conf = Conf::parse(&req.config)?;
+        firewall::remove_host_ports(&rules::host_ports(&conf.mappings))
             .map_err(|e| Error::context(e, "remove port mappings"))
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use wasm_cni_sdk::firewall::{PortMapping, PortOptions, Protocol};
+use wasm_cni_sdk::firewall::{HostPort, PortMapping, PortOptions, Protocol};
 use wasm_cni_sdk::{IpNet, IpNetExt};
 
 use crate::config::{Conf, Mapping};
@@ -29,6 +29,26 @@ pub fn expand(mappings: &[Mapping], container_ips: &[IpNet]) -> Vec<PortMapping>
             if !out.iter().any(|have| same(have, &rule)) {
                 out.push(rule);
             }
+        }
+    }
+    out
+}
+
+/// The host ports of the mappings, the keys DEL finds their rules by,
+/// without duplicates.
+pub fn host_ports(mappings: &[Mapping]) -> Vec<HostPort> {
+    let mut out: Vec<HostPort> = Vec::new();
+    for m in mappings {
+        let p = HostPort {
+            port: m.host_port,
+            protocol: m.protocol,
+            host_ip: m.host_ip.filter(|h| !h.is_unspecified()).map(Into::into),
+        };
+        if !out
+            .iter()
+            .any(|h| h.port == p.port && h.protocol == p.protocol && h.host_ip == p.host_ip)
+        {
+            out.push(p);
         }
     }
     out
@@ -157,6 +177,28 @@ mod tests {
             &[net("10.0.0.5/24")],
         );
         assert_eq!(rules.len(), 1);
+    }
+
+    #[test]
+    fn host_ports_are_the_keys_of_the_mappings() {
+        let ports = host_ports(&[
+            mapping(8080, 80, None),
+            mapping(8080, 81, None),
+            mapping(8081, 81, Some("192.0.2.1")),
+            mapping(8083, 83, Some("0.0.0.0")),
+        ]);
+        let keys: Vec<(u16, Option<IpAddr>)> = ports
+            .iter()
+            .map(|p| (p.port, p.host_ip.map(Into::into)))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (8080, None),
+                (8081, Some("192.0.2.1".parse().unwrap())),
+                (8083, None),
+            ]
+        );
     }
 
     #[test]

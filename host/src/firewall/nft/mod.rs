@@ -37,8 +37,8 @@ use std::net::IpAddr;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    protocol_name, stale, Condition, Firewall, Masquerade, MatchField, Owned, Owner, PortMapping,
-    PortOptions, Protocol, RuleKind,
+    protocol_name, stale, Condition, Firewall, HostPort, Masquerade, MatchField, Owned, Owner,
+    PortMapping, PortOptions, Protocol, RuleKind,
 };
 use crate::bindings::IpNet;
 use crate::error::{code, Error, Result};
@@ -599,6 +599,27 @@ impl Nftables {
         Ok(())
     }
 
+    /// The element of `set` keyed `key`, looked up by the kernel, if it is
+    /// the owner's.
+    fn owned_element(&mut self, owner: &Owner, set: &str, key: &[u8]) -> Result<Option<Element>> {
+        match self.conn()?.element(TABLE, set, key) {
+            Ok(e) => Ok(e.filter(|e| owner.owns(&e.comment))),
+            Err(f) => Err(kernel_error(&format!("look up set {set}"), &f)),
+        }
+    }
+
+    /// Commits a batch of deletions (`names`: the set of each); elements
+    /// already gone are no error.
+    fn commit_deletions(&mut self, batch: &Batch, names: &[&str]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.conn()?.commit(batch) {
+            Err(f) if f.errno == ENOENT => Ok(()),
+            other => other.map_err(|f| failure(&f, names, "delete elements")),
+        }
+    }
+
     /// Deletes the elements of `kind` that `pick` selects, and for port
     /// mappings the conditional rules of the same owners.
     fn delete_where(&mut self, kind: RuleKind, pick: impl Fn(&str) -> bool) -> Result<()> {
@@ -821,22 +842,62 @@ impl Firewall for Nftables {
         let mut names = Vec::new();
         for &pod in pods {
             let set = set_name("masq", pod);
-            match self.conn()?.element(TABLE, set, &addr(pod)) {
-                Ok(Some(e)) if owner.owns(&e.comment) => {
-                    batch.delete(TABLE, set, &e);
-                    names.push(set);
-                }
-                Ok(_) => {}
-                Err(f) => return Err(kernel_error(&format!("look up set {set}"), &f)),
+            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
+                batch.delete(TABLE, set, &e);
+                names.push(set);
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        self.commit_deletions(&batch, &names)
+    }
+
+    /// Each port's elements of `hostports_ip_*` (with a host IP) or
+    /// `hostports_any_*` (one per pod address family), and each address's
+    /// of `hostport_masq_*`, looked up by key and deleted. A port whose
+    /// elements are not all found as the owner's (a mapping with
+    /// conditions, one already gone, one the runtime did not pass to ADD)
+    /// means the keys do not tell everything: the owner's are listed then.
+    fn remove_host_ports(
+        &mut self,
+        owner: &Owner,
+        ports: &[HostPort],
+        pods: &[IpAddr],
+    ) -> Result<()> {
+        if ports.is_empty() || pods.is_empty() {
+            return self.remove(owner, RuleKind::PortMappings);
         }
-        match self.conn()?.commit(&batch) {
-            Err(f) if f.errno == ENOENT => Ok(()),
-            other => other.map_err(|f| failure(&f, &names, "delete elements")),
+        let mut any_sets: Vec<&'static str> = Vec::new();
+        for &pod in pods {
+            let set = set_name("hostports_any", pod);
+            if !any_sets.contains(&set) {
+                any_sets.push(set);
+            }
         }
+        let mut batch = Batch::new();
+        let mut names = Vec::new();
+        for p in ports {
+            let any = concat(&[&[proto_number(p.protocol), 0, 0, 0], &port(p.port)]);
+            let keys: Vec<(&'static str, Vec<u8>)> = match p.host_ip.map(IpAddr::from) {
+                Some(h) => vec![(set_name("hostports_ip", h), concat(&[&addr(h), &any]))],
+                None => any_sets.iter().map(|&set| (set, any.clone())).collect(),
+            };
+            for (set, key) in keys {
+                match self.owned_element(owner, set, &key)? {
+                    Some(e) => {
+                        batch.delete(TABLE, set, &e);
+                        names.push(set);
+                    }
+                    None => return self.remove(owner, RuleKind::PortMappings),
+                }
+            }
+        }
+        for &pod in pods {
+            let set = set_name("hostport_masq", pod);
+            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
+                batch.delete(TABLE, set, &e);
+                names.push(set);
+            }
+        }
+        self.commit_deletions(&batch, &names)
     }
 
     fn list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {

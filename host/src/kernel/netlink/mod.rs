@@ -19,7 +19,9 @@ use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, V
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
-use crate::firewall::{self, Choice, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind};
+use crate::firewall::{
+    self, Choice, HostPort, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
+};
 
 struct Container {
     file: File,
@@ -74,6 +76,20 @@ fn connect() -> Result<Handle> {
 }
 
 impl NetlinkKernel {
+    /// The addresses of the owner's container interface, while it still
+    /// has them, that rules are keyed by (not IPv6 link-local); none when
+    /// the container namespace or interface is gone.
+    fn pod_addresses(&mut self, owner: &Owner) -> Vec<std::net::IpAddr> {
+        match self.addr_list(Ns::Container, &owner.ifname) {
+            Ok(addrs) => addrs
+                .iter()
+                .map(|a| a.ip())
+                .filter(|ip| !is_link_local(*ip))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// `netns` is the invocation's `CNI_NETNS`; it is opened on first use.
     pub fn new(netns: Option<PathBuf>) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -278,20 +294,15 @@ impl Kernel for NetlinkKernel {
 
     fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
         if kind == RuleKind::Masquerade {
-            // The pod's addresses, while its interface still has them; a
-            // container namespace or interface that is gone leaves the
-            // full listing.
-            let pods: Vec<std::net::IpAddr> = match self.addr_list(Ns::Container, &owner.ifname) {
-                Ok(addrs) => addrs
-                    .iter()
-                    .map(|a| a.ip())
-                    .filter(|ip| !is_link_local(*ip))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
+            let pods = self.pod_addresses(owner);
             return firewall::each(|fw| fw.remove_masquerade_of(owner, &pods));
         }
         firewall::each(|fw| fw.remove(owner, kind))
+    }
+
+    fn fw_remove_host_ports(&mut self, owner: &Owner, ports: &[HostPort]) -> Result<()> {
+        let pods = self.pod_addresses(owner);
+        firewall::each(|fw| fw.remove_host_ports(owner, ports, &pods))
     }
 
     fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
