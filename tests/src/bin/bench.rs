@@ -1027,6 +1027,50 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// CPU time of the machine so far from `/proc/stat`: (idle + iowait, all),
+/// in clock ticks.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((idle, v.iter().sum()))
+}
+
+/// Most a phase waits for the machine to be idle.
+const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Waits until the machine is idle (at least 90 % idle in two consecutive
+/// half seconds), so a phase does not pay for the last one: deleting a
+/// thousand pod namespaces leaves the kernel freeing them for seconds in
+/// the background. Returns how long it waited.
+fn settle() -> Duration {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut last = cpu_ticks();
+    while quiet < 2 && started.elapsed() < SETTLE_LIMIT {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_ticks();
+        quiet = match (last, now) {
+            (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                if (i1 - i0) as f64 >= 0.9 * (t1 - t0) as f64 {
+                    quiet + 1
+                } else {
+                    0
+                }
+            }
+            // Nothing to read: do not wait.
+            _ => 2,
+        };
+        last = now;
+    }
+    started.elapsed()
+}
+
 fn versions() -> (String, String) {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -1093,7 +1137,9 @@ impl Report {
             "- latency: wall time around `Driver::add/check/del` (every plugin of the list, \
              process start included), median and p99 (nearest rank: with 20 samples, the slowest) over {} samples per cell; \
              each sample is a new pod ADDed, CHECKed and DELeted while the given number of \
-             background pods exist. speedup = reference median / ours median.\n",
+             background pods exist; each chain and side starts on a fresh node once the machine \
+             is idle again (the kernel frees the last one's namespaces in the background). \
+             speedup = reference median / ours median.\n",
             self.samples
         );
         for &chain in &self.chains {
@@ -1407,6 +1453,7 @@ fn main() {
     }
 
     // Quick probes first.
+    settle();
     eprintln!("bench: sizes, peak RSS, wasm share");
     let mut sizes = vec![(
         format!("ours: {} (all files)", ours.display()),
@@ -1461,6 +1508,11 @@ fn main() {
                 opts.levels,
                 opts.samples
             );
+            let waited = settle();
+            eprintln!(
+                "  (waited {:.1} s for an idle machine)",
+                waited.as_secs_f64()
+            );
             let t = Instant::now();
             let res = guarded("latency", || latency(*side, dir, chain, &opts, &mut log));
             if let Err(e) = res {
@@ -1489,6 +1541,7 @@ fn main() {
                 opts.threads
             );
             let nft = !log.fallback.contains(&(*side, Chain::C));
+            settle();
             let t = guarded("parallel ADD", || Ok(throughput(dir, &opts, nft)));
             if let Ok(t) = &t {
                 eprintln!(
