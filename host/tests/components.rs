@@ -79,7 +79,6 @@ fn bridge_add_makes_exactly_the_expected_calls_and_result() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("sysctl.set host net.ipv6.conf.{veth}.disable_ipv6=1"),
             &format!("link.set-master {veth} cni0"),
             &format!("link.set-hairpin {veth} true"),
             &format!("link.set-up host {veth} true"),
@@ -152,7 +151,6 @@ fn bridge_add_dual_stack_turns_dad_off_and_forwards_both_families() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("sysctl.set host net.ipv6.conf.{veth}.disable_ipv6=1"),
             &format!("link.set-master {veth} cni0"),
             &format!("link.set-up host {veth} true"),
             "sysctl.set container net.ipv6.conf.eth0.accept_dad=0",
@@ -197,7 +195,6 @@ fn bridge_add_layer2_with_vlan_and_mtu() {
         strings(&[
             "link.ensure-bridge br-l2 mtu=Some(9000) promisc=false vlan-filtering=true",
             &format!("link.create-veth {veth} eth0 mtu=Some(9000)"),
-            &format!("sysctl.set host net.ipv6.conf.{veth}.disable_ipv6=1"),
             &format!("link.set-master {veth} br-l2"),
             &format!("link.set-port-vlan {veth} 100 keep-default=false"),
             &format!("link.set-up host {veth} true"),
@@ -399,7 +396,6 @@ fn bridge_add_failing_after_ipam_is_undone_by_the_host() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("sysctl.set host net.ipv6.conf.{veth}.disable_ipv6=1"),
             &format!("link.set-master {veth} cni0"),
             &format!("link.set-up host {veth} true"),
             "sysctl.set container net.ipv4.conf.eth0.arp_notify=1",

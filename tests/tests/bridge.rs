@@ -143,12 +143,9 @@ fn host_veths_are_hairpin_ports_of_the_bridge() {
             .sh(&format!("cat /sys/class/net/{host_if}/brport/hairpin_mode"));
         assert_eq!(sysfs.trim(), "1", "{}: hairpin_mode", pod.att.id);
         assert!(is_up(&w.node, host_if), "{host_if} is down");
-        // A switch port has no IPv6 of its own (the pods' crosses it, see
-        // pods_reach_each_other_the_gateway_and_the_node).
-        let off = w.node.sh(&format!(
-            "cat /proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"
-        ));
-        assert_eq!(off.trim(), "1", "{host_if}: disable_ipv6");
+        // A switch port has no IPv6 address of its own (the pods' IPv6
+        // crosses it, see pods_reach_each_other_the_gateway_and_the_node).
+        assert_eq!(l["inet6_addr_gen_mode"], "none", "{l}");
         let v6 = w.node.sh(&format!("ip -6 addr show dev {host_if}"));
         assert!(v6.trim().is_empty(), "{host_if} has IPv6 addresses: {v6}");
     }

@@ -3,8 +3,8 @@
 //! plugin does (same keys, same result).
 //!
 //! ADD: ensure the bridge -> veth pair with the container end named
-//! `CNI_IFNAME` -> IPv6 off on the host end (a switch port needs none) ->
-//! attach, hairpin, VLAN -> IPAM ADD -> addresses and routes
+//! `CNI_IFNAME` -> attach (the host makes a bridge port without IPv6
+//! addresses of its own), hairpin, VLAN -> IPAM ADD -> addresses and routes
 //! in the container -> gateway address on the bridge and IP forwarding ->
 //! with `ipMasq`, masquerade of the container's addresses (host firewall).
 //! DEL, best effort: IPAM DEL, delete the container interface (its peer goes
@@ -28,22 +28,6 @@ use wasm_cni_sdk::{
 };
 
 struct Bridge;
-
-/// Turns IPv6 off on the host end of the veth before it comes up. A bridge
-/// port only switches frames (the pods' IPv6 included); its own link-local
-/// address, routes and multicast route would only make the kernel's IPv6
-/// tables grow with the pods, and every link change on the node walks them
-/// (at 1000 pods, deleting one veth spent a millisecond there). Best effort:
-/// a kernel without IPv6 has no such setting, and the port works either way.
-fn port_without_ipv6(host: &Namespace, port: &str) {
-    let key = format!("net.ipv6.conf.{port}.disable_ipv6");
-    if let Err(e) = sysctl::set(host, &key, "1") {
-        wasm_cni_sdk::log(
-            wasm_cni_sdk::log::Level::Debug,
-            format!("bridge: {key} not set: {}", e.msg),
-        );
-    }
-}
 
 /// Index of the container interface in the result: [bridge, host veth, container].
 const CONTAINER_IF: u32 = 2;
@@ -190,7 +174,6 @@ impl Plugin for Bridge {
             },
         )?;
         let host_if = &pair.host.name;
-        port_without_ipv6(&host, host_if);
         link::set_master(host_if, &conf.bridge)?;
         if conf.hairpin {
             link::set_hairpin(host_if, true)?;

@@ -3,10 +3,10 @@
 use std::os::fd::RawFd;
 
 use futures::TryStreamExt;
-use nix::libc::{EEXIST, ENODEV};
+use nix::libc::{EAFNOSUPPORT, EEXIST, ENODEV};
 use rtnetlink::packet_route::link::{
-    BridgeVlanInfoFlags, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as Info,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, BridgeVlanInfoFlags, In6AddrGenMode, InfoData, InfoKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo as Info, LinkMessage,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -224,14 +224,29 @@ pub async fn set_up(h: &Handle, name: &str, up: bool) -> Result<()> {
     })
 }
 
+/// Makes `name` a port of `bridge`. A bridge port only switches frames
+/// (the bridge takes every frame it receives), so in the same request it is
+/// given no IPv6 address of its own (address generation off): no link-local
+/// address and route per port, which would make the node's IPv6 tables grow
+/// with the pods, and every link change on the node walks them. A port
+/// without IPv6 (a kernel without it, an MTU under 1280) is attached as is.
 pub async fn set_master(h: &Handle, name: &str, bridge: &str) -> Result<()> {
     let master = index_of(h, bridge).await?;
-    let msg = LinkUnspec::new_with_name(name).controller(master).build();
-    h.link()
-        .set(msg)
+    let no_addresses =
+        LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+            In6AddrGenMode::None,
+        )])]);
+    let port = || LinkUnspec::new_with_name(name).controller(master);
+    let res = match h
+        .link()
+        .set(port().append_extra_attribute(no_addresses).build())
         .execute()
         .await
-        .map_err(|e| nl_err(format!("attach {name} to bridge {bridge}"), e))
+    {
+        Err(e) if errno(&e) == Some(EAFNOSUPPORT) => h.link().set(port().build()).execute().await,
+        other => other,
+    };
+    res.map_err(|e| nl_err(format!("attach {name} to bridge {bridge}"), e))
 }
 
 pub async fn set_promisc(h: &Handle, name: &str, on: bool) -> Result<()> {
