@@ -248,21 +248,25 @@ fn jump_element(pod: IpAddr, chain: &str, comment: &str) -> Element {
     }
 }
 
-/// A mapping's element and the map it goes to: `hostports_any_*` without a
-/// host IP, `hostports_ip_*` with one.
-/// A mapping's key in `hostports_any_*`: protocol . host port.
-fn any_key(m: &PortMapping) -> Vec<u8> {
-    concat(&[&[proto_number(m.protocol), 0, 0, 0], &port(m.host_port)])
+/// A host port's key in `hostports_any_*`: protocol . host port (and the
+/// tail of its key in `hostports_ip_*`).
+fn any_key(protocol: Protocol, host_port: u16) -> Vec<u8> {
+    concat(&[&[proto_number(protocol), 0, 0, 0], &port(host_port)])
 }
 
+/// A mapping's element and the map it goes to: `hostports_any_*` without a
+/// host IP, `hostports_ip_*` with one.
 fn mapping_element(m: &PortMapping, comment: &str) -> (&'static str, Element) {
     let pod: IpAddr = m.container_ip.into();
     let (set, key) = match m.host_ip.map(IpAddr::from) {
         Some(h) => (
             set_name("hostports_ip", pod),
-            concat(&[&addr(h), &any_key(m)]),
+            concat(&[&addr(h), &any_key(m.protocol, m.host_port)]),
         ),
-        None => (set_name("hostports_any", pod), any_key(m)),
+        None => (
+            set_name("hostports_any", pod),
+            any_key(m.protocol, m.host_port),
+        ),
     };
     let e = Element {
         key,
@@ -560,7 +564,10 @@ impl Nftables {
             }
             let any = format!("hostports_any_{f}");
             for m in &of_family {
-                match self.conn()?.element(TABLE, &any, &any_key(m)) {
+                match self
+                    .conn()?
+                    .element(TABLE, &any, &any_key(m.protocol, m.host_port))
+                {
                     Ok(Some(e)) => keep(e, &mut taken),
                     Ok(None) => {}
                     Err(f) => return Err(kernel_error(&format!("look up set {any}"), &f)),
@@ -606,6 +613,27 @@ impl Nftables {
             Ok(e) => Ok(e.filter(|e| owner.owns(&e.comment))),
             Err(f) => Err(kernel_error(&format!("look up set {set}"), &f)),
         }
+    }
+
+    /// Adds to `batch` the deletion of each pod address's element in the
+    /// `prefix` set of its family (`masq`, `hostport_masq`), where it is
+    /// the owner's.
+    fn delete_owned_of_pods(
+        &mut self,
+        owner: &Owner,
+        prefix: &str,
+        pods: &[IpAddr],
+        batch: &mut Batch,
+        names: &mut Vec<&'static str>,
+    ) -> Result<()> {
+        for &pod in pods {
+            let set = set_name(prefix, pod);
+            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
+                batch.delete(TABLE, set, &e);
+                names.push(set);
+            }
+        }
+        Ok(())
     }
 
     /// Commits a batch of deletions (`names`: the set of each); elements
@@ -840,13 +868,7 @@ impl Firewall for Nftables {
         }
         let mut batch = Batch::new();
         let mut names = Vec::new();
-        for &pod in pods {
-            let set = set_name("masq", pod);
-            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
-                batch.delete(TABLE, set, &e);
-                names.push(set);
-            }
-        }
+        self.delete_owned_of_pods(owner, "masq", pods, &mut batch, &mut names)?;
         self.commit_deletions(&batch, &names)
     }
 
@@ -875,7 +897,7 @@ impl Firewall for Nftables {
         let mut batch = Batch::new();
         let mut names = Vec::new();
         for p in ports {
-            let any = concat(&[&[proto_number(p.protocol), 0, 0, 0], &port(p.port)]);
+            let any = any_key(p.protocol, p.port);
             let keys: Vec<(&'static str, Vec<u8>)> = match p.host_ip.map(IpAddr::from) {
                 Some(h) => vec![(set_name("hostports_ip", h), concat(&[&addr(h), &any]))],
                 None => any_sets.iter().map(|&set| (set, any.clone())).collect(),
@@ -890,13 +912,7 @@ impl Firewall for Nftables {
                 }
             }
         }
-        for &pod in pods {
-            let set = set_name("hostport_masq", pod);
-            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
-                batch.delete(TABLE, set, &e);
-                names.push(set);
-            }
-        }
+        self.delete_owned_of_pods(owner, "hostport_masq", pods, &mut batch, &mut names)?;
         self.commit_deletions(&batch, &names)
     }
 

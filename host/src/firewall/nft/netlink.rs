@@ -560,6 +560,22 @@ impl Conn {
         s
     }
 
+    /// A single (not dump) request of `kind` with `attrs`, acked, and its
+    /// sequence number.
+    fn get_request(&mut self, kind: u16, attrs: &[u8]) -> (u32, Vec<u8>) {
+        let seq = self.next_seq(0);
+        let msg = message(
+            NFNL_SUBSYS_NFTABLES,
+            kind,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+            attrs,
+        );
+        (seq, msg)
+    }
+
     fn sock(&self) -> Result<&Socket, Failure> {
         self.sock.as_ref().ok_or(CLOSED)
     }
@@ -638,16 +654,7 @@ impl Conn {
         let mut a = Vec::new();
         put_str(&mut a, CHAIN_TABLE, table);
         put_str(&mut a, CHAIN_NAME, chain);
-        let seq = self.next_seq(0);
-        let msg = message(
-            NFNL_SUBSYS_NFTABLES,
-            NFT_MSG_GETCHAIN,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            NFPROTO_INET,
-            0,
-            &a,
-        );
+        let (seq, msg) = self.get_request(NFT_MSG_GETCHAIN, &a);
         nfnetlink::call(self.sock()?, seq, &msg).map_err(Failure::io)
     }
 
@@ -674,14 +681,8 @@ impl Conn {
             key: key.to_vec(),
             ..Element::default()
         };
-        let seq = self.next_seq(0);
-        let msg = message(
-            NFNL_SUBSYS_NFTABLES,
+        let (seq, msg) = self.get_request(
             NFT_MSG_GETSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            NFPROTO_INET,
-            0,
             &element_attrs(table, set, &probe, false),
         );
         let answers = match nfnetlink::get(self.sock()?, seq, &msg) {
