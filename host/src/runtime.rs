@@ -58,9 +58,9 @@ pub fn engine_config() -> Config {
 pub struct Runtime {
     engine: Engine,
     dir: PathBuf,
-    /// Built on first use: most invocations need one role only.
-    network: OnceLock<Linker<HostState>>,
-    ipam: OnceLock<Linker<HostState>>,
+    /// One per role and WASI set, built on first use: an invocation
+    /// needs one or two.
+    linkers: [OnceLock<Linker<HostState>>; 4],
     limits: Limits,
     loaded: Mutex<HashMap<String, Component>>,
 }
@@ -84,33 +84,36 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             dir: dir.into(),
-            network: OnceLock::new(),
-            ipam: OnceLock::new(),
+            linkers: Default::default(),
             limits,
             loaded: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// The linker of `role`, built the first time it is needed.
-    fn linker_of(&self, role: Role) -> Result<&Linker<HostState>> {
-        let cell = match role {
-            Role::Network => &self.network,
-            Role::Ipam => &self.ipam,
+    /// The linker for `role` and `wasi`, built the first time it is needed.
+    fn linker_of(&self, role: Role, wasi: Wasi) -> Result<&Linker<HostState>> {
+        let role_index = match role {
+            Role::Network => 0,
+            Role::Ipam => 1,
         };
+        let cell = &self.linkers[role_index * 2 + wasi as usize];
         if let Some(l) = cell.get() {
             return Ok(l);
         }
-        let l = Self::linker(&self.engine, role).map_err(|e| wasm_err("link", e))?;
+        let l = Self::linker(&self.engine, role, wasi).map_err(|e| wasm_err("link", e))?;
         Ok(cell.get_or_init(|| l))
     }
 
     /// Deny by default: an IPAM component is linked to `log` and `store`
     /// only; a network component to everything but `store`.
-    fn linker(engine: &Engine, role: Role) -> wasmtime::Result<Linker<HostState>> {
+    fn linker(engine: &Engine, role: Role, wasi: Wasi) -> wasmtime::Result<Linker<HostState>> {
         use crate::bindings::cni::plugin as cap;
         type Me = wasmtime::component::HasSelf<HostState>;
         let mut l = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut l)?;
+        match wasi {
+            Wasi::Cli => add_wasi_cli(&mut l)?,
+            Wasi::Full => wasmtime_wasi::p2::add_to_linker_sync(&mut l)?,
+        }
         forbid_blocking(&mut l)?;
         cap::types::add_to_linker::<_, Me>(&mut l, |s| s)?;
         cap::log::add_to_linker::<_, Me>(&mut l, |s| s)?;
@@ -238,6 +241,19 @@ impl Runtime {
             .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))
     }
 
+    /// The WASI a component's imports need.
+    fn wasi_of(&self, component: &Component) -> Wasi {
+        let ty = component.component_type();
+        let mut names = ty.imports(&self.engine).map(|(name, _)| name);
+        if names.any(|n| {
+            n.starts_with("wasi:") && !n.starts_with("wasi:cli/") && !n.starts_with("wasi:io/")
+        }) {
+            Wasi::Full
+        } else {
+            Wasi::Cli
+        }
+    }
+
     /// The role a component's imports give it.
     pub fn role(&self, component: &Component) -> Role {
         let ty = component.component_type();
@@ -348,13 +364,15 @@ impl Runtime {
         store.set_epoch_deadline(
             (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
         );
-        let out = self.linker_of(role).and_then(|linker| {
-            self.instantiate_and_call(name, component, linker, &mut store, inv)
-                .map_err(|e| match e {
-                    Fault::Cni(e) => e,
-                    Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
-                })
-        });
+        let out = self
+            .linker_of(role, self.wasi_of(component))
+            .and_then(|linker| {
+                self.instantiate_and_call(name, component, linker, &mut store, inv)
+                    .map_err(|e| match e {
+                        Fault::Cni(e) => e,
+                        Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
+                    })
+            });
         (out, store.into_data())
     }
 
@@ -519,6 +537,51 @@ impl From<Error> for Fault {
     fn from(e: Error) -> Self {
         Fault::Cni(e)
     }
+}
+
+/// The WASI a component is linked to. What Rust's standard library
+/// imports (`wasi:cli`, and the `wasi:io` streams under stdio) is linked on
+/// its own: linking all of WASI was most of the cost of building a linker.
+/// A component that imports any other WASI interface gets all of it:
+/// clocks, random, and filesystem and sockets with no directory opened and
+/// no address allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wasi {
+    Cli = 0,
+    Full = 1,
+}
+
+/// `wasi:cli` and `wasi:io`, as `wasmtime_wasi::p2::add_to_linker_sync`
+/// links them.
+fn add_wasi_cli(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, sync::io};
+    use wasmtime_wasi::WasiView;
+    fn table(s: &mut HostState) -> &mut wasmtime::component::ResourceTable {
+        s.ctx().table
+    }
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<_, IoTable>(l, table)?;
+    io::poll::add_to_linker::<_, IoTable>(l, table)?;
+    io::streams::add_to_linker::<_, IoTable>(l, table)?;
+    let view = HostState::cli;
+    cli::exit::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, view)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, view)?;
+    Ok(())
+}
+
+/// Host functions of `wasi:io` see the store's resource table.
+struct IoTable;
+
+impl wasmtime::component::HasData for IoTable {
+    type Data<'a> = &'a mut wasmtime::component::ResourceTable;
 }
 
 const BLOCKING_DENIED: &str =
