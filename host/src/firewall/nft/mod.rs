@@ -936,6 +936,20 @@ impl Firewall for Nftables {
         Ok(owned)
     }
 
+    /// Each address's element of `masq_v4` / `masq_v6`, looked up by key.
+    fn masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<Vec<Masquerade>> {
+        if pods.is_empty() {
+            return Ok(self.list(owner, RuleKind::Masquerade)?.masquerade);
+        }
+        let mut found = Vec::new();
+        for &pod in pods {
+            if let Some(e) = self.owned_element(owner, set_name("masq", pod), &addr(pod))? {
+                found.extend(parse_masquerade(&e));
+            }
+        }
+        Ok(found)
+    }
+
     fn gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
         self.delete_where(kind, |c| stale(c, network, valid))
     }

@@ -310,10 +310,17 @@ impl Kernel for NetlinkKernel {
             masquerade: vec![],
             port_mappings: vec![],
         };
+        let pods = match kind {
+            RuleKind::Masquerade => self.pod_addresses(owner),
+            RuleKind::PortMappings => Vec::new(),
+        };
         for mut fw in firewall::all() {
-            let o = fw.list(owner, kind)?;
-            all.masquerade.extend(o.masquerade);
-            all.port_mappings.extend(o.port_mappings);
+            match kind {
+                RuleKind::Masquerade => all.masquerade.extend(fw.masquerade_of(owner, &pods)?),
+                RuleKind::PortMappings => all
+                    .port_mappings
+                    .extend(fw.list(owner, kind)?.port_mappings),
+            }
         }
         Ok(all)
     }
