@@ -25,6 +25,32 @@ use wasm_cni_host::{Error, Invocation, Limits, Runtime};
 #[global_allocator]
 static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
+/// Maps the first `HEAP_PREFAULT` bytes of the heap in one system call.
+/// Touched page by page, an invocation's heap cost one page fault per 4
+/// KiB (~70 of them, 2-3 us each on a VM); populated in one go, the kernel
+/// maps the same pages in a fraction of that. The block is freed at once
+/// and stays in the allocator for what follows. 256 KiB measured best
+/// (bridge CHECK -0.3 ms, portmap -0.14 ms; 1 MiB was slower than none).
+#[cfg(target_env = "musl")]
+fn prefault_heap() {
+    use std::alloc::{alloc, dealloc, Layout};
+    let Ok(layout) = Layout::from_size_align(HEAP_PREFAULT, 4096) else {
+        return;
+    };
+    // SAFETY: a non-zero layout; the block is only advised and freed.
+    unsafe {
+        let block = alloc(layout);
+        if !block.is_null() {
+            // Linux 5.14 or newer; elsewhere the pages fault in as used.
+            libc::madvise(block.cast(), HEAP_PREFAULT, libc::MADV_POPULATE_WRITE);
+            dealloc(block, layout);
+        }
+    }
+}
+
+#[cfg(target_env = "musl")]
+const HEAP_PREFAULT: usize = 256 << 10;
+
 const ENTRY_NAME: &str = "wasm-cni";
 const ABOUT: &str = "wasm-cni: CNI plugins as sandboxed WebAssembly components";
 
@@ -47,6 +73,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    #[cfg(target_env = "musl")]
+    prefault_heap();
     logging::init();
     let started = Instant::now();
     let container = std::env::var("CNI_CONTAINERID").unwrap_or_default();

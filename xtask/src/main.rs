@@ -348,9 +348,11 @@ fn lint() -> Result {
         "-D",
         "warnings",
     ]))?;
-    // The installed binary, without the compiler feature the tests turn on.
+    // The installed binary, without the compiler feature the tests turn
+    // on, for the target it is installed for (musl has code of its own).
+    let (target, _) = entry_target(&host_triple()?);
     run(cargo().current_dir(root()).args([
-        "clippy", "-p", ENTRY, "--bin", ENTRY, "--", "-D", "warnings",
+        "clippy", "-p", ENTRY, "--bin", ENTRY, "--target", &target, "--", "-D", "warnings",
     ]))?;
     for ws in guest_workspaces().into_iter().chain([fixture_workspace()]) {
         if ws.join("Cargo.toml").is_file() {
