@@ -23,9 +23,11 @@ use crate::firewall::{
     self, Choice, HostPort, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
 };
 
+/// The container namespace, opened on first use; its netlink socket is
+/// made on the first request for it (firewall plugins never need one).
 struct Container {
     file: File,
-    handle: Handle,
+    handle: Option<Handle>,
 }
 
 pub struct NetlinkKernel {
@@ -104,7 +106,7 @@ impl NetlinkKernel {
         })
     }
 
-    fn open_container(&mut self) -> Result<&Container> {
+    fn open_container(&mut self) -> Result<&mut Container> {
         if self.container.is_none() {
             let path = self
                 .netns_path
@@ -116,13 +118,27 @@ impl NetlinkKernel {
                     path.display()
                 ))
             })?;
-            let _guard = self.rt.enter();
-            let handle = netns::within(&file, connect)??;
-            self.container = Some(Container { file, handle });
+            self.container = Some(Container { file, handle: None });
         }
         self.container
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Error::internal("container namespace not opened"))
+    }
+
+    /// The netlink socket inside the container namespace, made once.
+    fn container_handle(&mut self) -> Result<Handle> {
+        self.open_container()?;
+        let container = self
+            .container
+            .as_mut()
+            .ok_or_else(|| Error::internal("container namespace not opened"))?;
+        if let Some(h) = &container.handle {
+            return Ok(h.clone());
+        }
+        let _guard = self.rt.enter();
+        let handle = netns::within(&container.file, connect)??;
+        container.handle = Some(handle.clone());
+        Ok(handle)
     }
 
     fn handle(&mut self, ns: Ns) -> Result<Handle> {
@@ -136,7 +152,7 @@ impl NetlinkKernel {
                     .clone()
                     .ok_or_else(|| Error::internal("host netlink socket not opened"))
             }
-            Ns::Container => Ok(self.open_container()?.handle.clone()),
+            Ns::Container => self.container_handle(),
         }
     }
 
