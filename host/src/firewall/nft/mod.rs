@@ -615,9 +615,27 @@ impl Nftables {
         }
     }
 
-    /// Adds to `batch` the deletion of each pod address's element in the
-    /// `prefix` set of its family (`masq`, `hostport_masq`), where it is
-    /// the owner's.
+    /// Each pod address's element in the `prefix` set of its family
+    /// (`masq`, `hostport_masq`), looked up by key, where it is the owner's;
+    /// with the set it is in.
+    fn owned_of_pods(
+        &mut self,
+        owner: &Owner,
+        prefix: &str,
+        pods: &[IpAddr],
+    ) -> Result<Vec<(&'static str, Element)>> {
+        let mut found = Vec::new();
+        for &pod in pods {
+            let set = set_name(prefix, pod);
+            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
+                found.push((set, e));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds to `batch` the deletion of the owner's elements of the pod
+    /// addresses in the `prefix` sets (see [`Nftables::owned_of_pods`]).
     fn delete_owned_of_pods(
         &mut self,
         owner: &Owner,
@@ -626,12 +644,9 @@ impl Nftables {
         batch: &mut Batch,
         names: &mut Vec<&'static str>,
     ) -> Result<()> {
-        for &pod in pods {
-            let set = set_name(prefix, pod);
-            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
-                batch.delete(TABLE, set, &e);
-                names.push(set);
-            }
+        for (set, e) in self.owned_of_pods(owner, prefix, pods)? {
+            batch.delete(TABLE, set, &e);
+            names.push(set);
         }
         Ok(())
     }
@@ -941,13 +956,11 @@ impl Firewall for Nftables {
         if pods.is_empty() {
             return Ok(self.list(owner, RuleKind::Masquerade)?.masquerade);
         }
-        let mut found = Vec::new();
-        for &pod in pods {
-            if let Some(e) = self.owned_element(owner, set_name("masq", pod), &addr(pod))? {
-                found.extend(parse_masquerade(&e));
-            }
-        }
-        Ok(found)
+        let found = self.owned_of_pods(owner, "masq", pods)?;
+        Ok(found
+            .iter()
+            .filter_map(|(_, e)| parse_masquerade(e))
+            .collect())
     }
 
     fn gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {

@@ -326,16 +326,18 @@ impl Kernel for NetlinkKernel {
             masquerade: vec![],
             port_mappings: vec![],
         };
-        let pods = match kind {
-            RuleKind::Masquerade => self.pod_addresses(owner),
-            RuleKind::PortMappings => Vec::new(),
-        };
-        for mut fw in firewall::all() {
-            match kind {
-                RuleKind::Masquerade => all.masquerade.extend(fw.masquerade_of(owner, &pods)?),
-                RuleKind::PortMappings => all
-                    .port_mappings
-                    .extend(fw.list(owner, kind)?.port_mappings),
+        match kind {
+            RuleKind::Masquerade => {
+                let pods = self.pod_addresses(owner);
+                for mut fw in firewall::all() {
+                    all.masquerade.extend(fw.masquerade_of(owner, &pods)?);
+                }
+            }
+            RuleKind::PortMappings => {
+                for mut fw in firewall::all() {
+                    all.port_mappings
+                        .extend(fw.list(owner, kind)?.port_mappings);
+                }
             }
         }
         Ok(all)
