@@ -52,6 +52,11 @@ pub fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // No .eh_frame for the compiled code: only outside unwinders (a
+    // debugger, a native backtrace) read it, wasm traps and backtraces do
+    // not, and registering it with the process's unwinder cost every
+    // component load ~25 µs.
+    config.native_unwind_info(false);
     config
 }
 
