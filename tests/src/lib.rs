@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -124,6 +123,32 @@ impl Drop for Netns {
     }
 }
 
+/// The calling thread inside another network namespace until dropped
+/// (`setns` moves only the calling thread).
+struct InNetns {
+    back: File,
+}
+
+impl InNetns {
+    fn enter(path: &Path) -> std::io::Result<InNetns> {
+        let back = File::open("/proc/thread-self/ns/net")?;
+        let target = File::open(path)?;
+        nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(InNetns { back })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        // A thread left in the node namespace would run the rest of its
+        // test there: stop instead.
+        if let Err(e) = nix::sched::setns(self.back.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
+            eprintln!("cannot return to the thread's own network namespace: {e}");
+            std::process::abort();
+        }
+    }
+}
+
 /// A CNI error as a plugin printed it.
 #[derive(Debug, Clone)]
 pub struct CniError {
@@ -175,7 +200,6 @@ impl Driver {
         att: Option<&Attachment>,
         conf: &Value,
     ) -> Result<Value, CniError> {
-        let node = File::open(&self.node).expect("open node netns");
         let mut cmd = Command::new(self.dir.join(ty));
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -201,15 +225,14 @@ impl Driver {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        // SAFETY: setns is async-signal-safe; the child enters the node
-        // namespace before exec, like a runtime running in that node.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(node.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("exec {ty}: {e}"));
+        // The plugin starts in the node namespace, like one a runtime in
+        // that node runs: this thread enters it for the spawn, so the child
+        // is made with posix_spawn (vfork), as Go's os/exec does for libcni.
+        let in_node = InNetns::enter(&self.node)
+            .unwrap_or_else(|e| panic!("enter {}: {e}", self.node.display()));
+        let spawned = cmd.spawn();
+        drop(in_node);
+        let mut child = spawned.unwrap_or_else(|e| panic!("exec {ty}: {e}"));
         child
             .stdin
             .take()
