@@ -132,7 +132,8 @@ fn invoke(command: &str, name: &str) -> Result<Option<serde_json::Value>, (Error
     } else {
         name.to_string()
     };
-    let runtime = Runtime::new(components_dir().map_err(fail)?, Limits::default()).map_err(fail)?;
+    let runtime =
+        Runtime::one_shot(components_dir().map_err(fail)?, Limits::default()).map_err(fail)?;
     let kernel = NetlinkKernel::new(env.netns.clone()).map_err(fail)?;
     let inv = Invocation { command, env, conf };
     let out = runtime.run(&plugin, inv, Box::new(kernel));

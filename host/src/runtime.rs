@@ -64,10 +64,14 @@ pub struct Runtime {
     engine: Engine,
     dir: PathBuf,
     /// One per role and WASI set, built on first use: an invocation
-    /// needs one or two.
-    linkers: [OnceLock<Linker<HostState>>; 4],
+    /// needs one or two. A second caller waits for the first's build.
+    linkers: [OnceLock<Result<Linker<HostState>>>; 4],
     limits: Limits,
-    loaded: Mutex<HashMap<String, Component>>,
+    /// Components by name, each loaded once; a second caller waits for
+    /// the first's load.
+    loaded: Mutex<HashMap<String, Arc<OnceLock<Result<Component>>>>>,
+    /// The process ends after its invocation (see [`Runtime::one_shot`]).
+    one_shot: bool,
 }
 
 fn wasm_err(what: impl std::fmt::Display, e: wasmtime::Error) -> Error {
@@ -77,6 +81,18 @@ fn wasm_err(what: impl std::fmt::Display, e: wasmtime::Error) -> Error {
 impl Runtime {
     /// A runtime serving the components in `dir` (`<type>.cwasm`, `<type>.wasm`).
     pub fn new(dir: impl Into<PathBuf>, limits: Limits) -> Result<Arc<Self>> {
+        Self::build(dir.into(), limits, false)
+    }
+
+    /// A runtime for a process that exits after one invocation, as the
+    /// CNI entry does: an instance's sockets and store lock are closed
+    /// when its call ends, but its memory is left to the process exit
+    /// instead of being unmapped piece by piece.
+    pub fn one_shot(dir: impl Into<PathBuf>, limits: Limits) -> Result<Arc<Self>> {
+        Self::build(dir.into(), limits, true)
+    }
+
+    fn build(dir: PathBuf, limits: Limits, one_shot: bool) -> Result<Arc<Self>> {
         let engine = Engine::new(&engine_config()).map_err(|e| wasm_err("create engine", e))?;
         let ticker = engine.weak();
         std::thread::spawn(move || loop {
@@ -88,10 +104,11 @@ impl Runtime {
         });
         Ok(Arc::new(Runtime {
             engine,
-            dir: dir.into(),
+            dir,
             linkers: Default::default(),
             limits,
             loaded: Mutex::new(HashMap::new()),
+            one_shot,
         }))
     }
 
@@ -101,12 +118,10 @@ impl Runtime {
             Role::Network => 0,
             Role::Ipam => 1,
         };
-        let cell = &self.linkers[role_index * 2 + wasi as usize];
-        if let Some(l) = cell.get() {
-            return Ok(l);
-        }
-        let l = Self::linker(&self.engine, role, wasi).map_err(|e| wasm_err("link", e))?;
-        Ok(cell.get_or_init(|| l))
+        self.linkers[role_index * 2 + wasi as usize]
+            .get_or_init(|| Self::linker(&self.engine, role, wasi).map_err(|e| wasm_err("link", e)))
+            .as_ref()
+            .map_err(Error::clone)
     }
 
     /// Deny by default: an IPAM component is linked to `log` and `store`
@@ -168,11 +183,19 @@ impl Runtime {
             || (cfg!(feature = "compiler") && base.with_extension(WASM_EXT).is_file())
     }
 
-    /// Loads `name`: the precompiled artifact by mmap.
+    /// Loads `name`: the precompiled artifact by mmap, once.
     pub fn load(&self, name: &str) -> Result<Component> {
-        if let Some(c) = self.loaded.lock().ok().and_then(|m| m.get(name).cloned()) {
-            return Ok(c);
-        }
+        let cell = self
+            .loaded
+            .lock()
+            .map_err(|_| Error::internal("component cache poisoned"))?
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| self.load_uncached(name)).clone()
+    }
+
+    fn load_uncached(&self, name: &str) -> Result<Component> {
         let precompiled = self.dir.join(name).with_extension(PRECOMPILED_EXT);
         let started = Instant::now();
         // SAFETY: the artifact is one `wasm-cni-compile` wrote into the
@@ -187,9 +210,6 @@ impl Runtime {
             elapsed_us = started.elapsed().as_micros() as u64,
             "loaded"
         );
-        if let Ok(mut m) = self.loaded.lock() {
-            m.insert(name.to_string(), component.clone());
-        }
         Ok(component)
     }
 
@@ -279,16 +299,18 @@ impl Runtime {
         kernel: Box<dyn Kernel + Send>,
     ) -> Result<Option<CniResult>> {
         let inv = Arc::new(inv);
+        self.prepare_in_background(name, &inv);
         let component = self.load(name)?;
         let role = self.role(&component);
         let (grants, kernel) = match role {
             Role::Network => (Grants::network(&inv.conf, &inv.env), Some(kernel)),
             Role::Ipam => (Grants::ipam(&inv.conf, &inv.env)?, None),
         };
-        let (result, mut state) = self.call(name, &component, role, grants, kernel, &inv);
+        let (result, mut store) = self.call(name, &component, role, grants, kernel, &inv);
         if result.is_err() && inv.command == Command::Add {
-            self.undo(&mut state);
+            self.undo(store.data_mut());
         }
+        self.retire(store);
         let mut result = result?;
         if let (Some(r), Some(netns)) = (result.as_mut(), inv.env.netns.as_ref()) {
             for iface in &mut r.interfaces {
@@ -322,7 +344,9 @@ impl Runtime {
             // A delegate may not delegate again (no loops through ipam.type).
             grants.ipam = None;
             let role = grants.role;
-            self.call(name, &component, role, grants, None, &inv).0
+            let (out, store) = self.call(name, &component, role, grants, None, &inv);
+            self.retire(store);
+            out
         } else {
             let binary = delegate::find(name, &inv.env.path).ok_or_else(|| {
                 Error::config(format!(
@@ -348,7 +372,7 @@ impl Runtime {
         grants: Grants,
         kernel: Option<Box<dyn Kernel + Send>>,
         inv: &Arc<Invocation>,
-    ) -> (Result<Option<CniResult>>, HostState) {
+    ) -> (Result<Option<CniResult>>, Store<HostState>) {
         let state = HostState::new(self.clone(), inv.clone(), name, grants, kernel);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -378,7 +402,48 @@ impl Runtime {
                         Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
                     })
             });
-        (out, store.into_data())
+        (out, store)
+    }
+
+    /// Starts, on a second thread, what this invocation will need next
+    /// while this one loads and runs the plugin: the linker of a network
+    /// plugin (the usual role) and the IPAM component the configuration
+    /// names, with its linker. A bridge ADD then finds host-local loaded
+    /// when it asks for an address (0.3 ms off its critical path on this
+    /// 2-core machine). Whatever the plugin turns out not to need is
+    /// wasted on the other core; a failure here is met again, and
+    /// reported, where the plugin needs the thing.
+    fn prepare_in_background(self: &Arc<Self>, name: &str, inv: &Invocation) {
+        let ipam = inv
+            .conf
+            .ipam_type
+            .clone()
+            .filter(|ipam| ipam != name && self.has_component(ipam));
+        let runtime = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("prepare".into())
+            .spawn(move || {
+                let _ = runtime.linker_of(Role::Network, Wasi::Cli);
+                if let Some(component) = ipam.and_then(|ipam| runtime.load(&ipam).ok()) {
+                    let _ =
+                        runtime.linker_of(runtime.role(&component), runtime.wasi_of(&component));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread to prepare on; preparing on first use");
+        }
+    }
+
+    /// Ends an instance's store. Sockets and the IPAM store's lock are
+    /// released now in any case; in a one-shot runtime the rest (the
+    /// instance's memory) is left to the process exit.
+    fn retire(&self, mut store: Store<HostState>) {
+        if self.one_shot {
+            let state = store.data_mut();
+            drop(state.kernel.take());
+            drop(state.store.take());
+            std::mem::forget(store);
+        }
     }
 
     fn instantiate_and_call(
