@@ -111,7 +111,8 @@ pub async fn ensure_bridge(
     opts: &BridgeOptions,
 ) -> Result<(LinkInfo, bool)> {
     let mut created = false;
-    if get_msg(h, name).await?.is_none() {
+    let existing = get(h, name).await?;
+    if existing.is_none() {
         let mut b = LinkBridge::new(name).up().promiscuous(opts.promisc);
         if let Some(mtu) = opts.mtu {
             b = b.mtu(mtu);
@@ -129,9 +130,12 @@ pub async fn ensure_bridge(
             Err(e) => return Err(nl_err(format!("create bridge {name}"), e)),
         }
     }
-    let bridge = get(h, name)
-        .await?
-        .ok_or_else(|| Error::io(format!("bridge {name} vanished after creation")))?;
+    let bridge = match existing {
+        Some(b) => b,
+        None => get(h, name)
+            .await?
+            .ok_or_else(|| Error::io(format!("bridge {name} vanished after creation")))?,
+    };
     if bridge.kind != "bridge" {
         return Err(Error::config(format!(
             "bridge: link {name} exists but is a {:?} device, not a bridge",
