@@ -147,11 +147,14 @@ impl Kernel for MockKernel {
             opts.container_ifname, opts.mtu
         ))?;
         let ckey = (Ns::Container, opts.container_ifname.clone());
-        if s.links.contains_key(&ckey) {
-            return Err(Error::io(format!(
-                "create veth pair: container interface {} already exists",
-                opts.container_ifname
-            )));
+        if s.links.contains_key(&ckey) || s.links.contains_key(&(Ns::Host, host_name.into())) {
+            return Err(Error::new(
+                crate::error::code::ALREADY_EXISTS,
+                format!(
+                    "create veth pair {host_name}/{}: an interface of that name exists",
+                    opts.container_ifname
+                ),
+            ));
         }
         let mtu = opts.mtu.unwrap_or(1500);
         s.next_index += 1;

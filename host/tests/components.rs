@@ -67,6 +67,41 @@ fn net(s: &str) -> wasm_cni_host::bindings::IpNet {
 // ---------------------------------------------------------------- bridge
 
 #[test]
+fn bridge_add_replaces_a_stale_host_end_of_the_same_attachment() {
+    let rt = dist_runtime();
+    let data = TempDir::new().unwrap();
+    let k = MockKernel::new();
+    let conf = bridge_conf(data.path(), json!({}));
+    // A crashed ADD of this attachment left its host end behind.
+    let stale = {
+        let mut s = k.state();
+        let mut l = s.links[&(Ns::Container, "lo".to_string())].clone();
+        l.index = 99;
+        l.name = veth();
+        l.kind = "veth".into();
+        s.links.insert((Ns::Host, veth()), l.clone());
+        l
+    };
+    add_ok(rt, "bridge", inv(Command::Add, &conf), &k);
+    let calls = k.calls();
+    let create = format!("link.create-veth {} eth0 mtu=Some(1500)", veth());
+    let delete = format!("link.delete host {}", veth());
+    let at = |c: &str| calls.iter().position(|x| x == c);
+    assert_eq!(
+        calls.iter().filter(|c| **c == create).count(),
+        2,
+        "{calls:?}"
+    );
+    assert!(
+        at(&delete).is_some_and(|d| d > at(&create).unwrap_or(usize::MAX)),
+        "{calls:?}"
+    );
+    let s = k.state();
+    assert_ne!(s.links[&(Ns::Host, veth())].index, stale.index);
+    assert!(s.links.contains_key(&(Ns::Container, "eth0".to_string())));
+}
+
+#[test]
 fn bridge_add_makes_exactly_the_expected_calls_and_result() {
     let rt = dist_runtime();
     let data = TempDir::new().unwrap();
@@ -453,7 +488,7 @@ fn bridge_add_for_an_existing_interface_fails_without_touching_it() {
     k.state().calls.clear();
     // Another attachment asking for eth0 in the same namespace.
     let e = fails(rt, "bridge", inv_for(Command::Add, &conf, "c2", &[]), &k);
-    assert_ne!(e.code, 0);
+    assert_eq!(e.code, 101, "{e}");
     assert!(e.msg.contains("eth0"), "{e}");
     let calls = k.calls();
     assert!(

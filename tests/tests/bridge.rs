@@ -514,6 +514,7 @@ fn add_onto_an_existing_interface_fails_and_leaves_nothing() {
         .driver
         .add(&w.list(LATEST), &pod.att, &no_caps())
         .expect_err("eth0 exists");
+    assert_eq!(err.code, 101, "{err:?}");
     assert!(
         err.msg.contains("eth0") && err.msg.contains("exists"),
         "{err:?}"

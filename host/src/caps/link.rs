@@ -52,28 +52,37 @@ impl Host for HostState {
         }
         let host_name = host_veth_name(&self.inv.env.container_id, &opts.container_ifname);
         let kernel = self.kernel()?;
-        // The spec: an ADD for an interface that already exists fails, and
-        // the existing interface stays as it is.
-        if kernel
-            .link_get(Ns::Container, &opts.container_ifname)?
-            .is_some()
-        {
-            return Err(Error::new(
-                code::ALREADY_EXISTS,
-                format!(
-                    "CNI_IFNAME: interface {} already exists in the container",
-                    opts.container_ifname
-                ),
-            )
-            .into());
-        }
-        // A host end without its container end is left from a crashed ADD of
-        // this same attachment (the name derives from it): replace it.
-        if kernel.link_get(Ns::Host, &host_name)?.is_some() {
-            tracing::warn!(link = %host_name, "replacing a stale host veth of this attachment");
-            kernel.link_delete(Ns::Host, &host_name)?;
-        }
-        let pair = kernel.veth_create(&host_name, &opts)?;
+        // Created first, asked about only when a name is taken (the
+        // usual ADD makes no lookups).
+        let pair = match kernel.veth_create(&host_name, &opts) {
+            Err(e) if e.code == code::ALREADY_EXISTS => {
+                // The spec: an ADD for an interface that already exists
+                // fails, and the existing interface stays as it is.
+                if kernel
+                    .link_get(Ns::Container, &opts.container_ifname)?
+                    .is_some()
+                {
+                    return Err(Error::new(
+                        code::ALREADY_EXISTS,
+                        format!(
+                            "CNI_IFNAME: interface {} already exists in the container",
+                            opts.container_ifname
+                        ),
+                    )
+                    .into());
+                }
+                // A host end without its container end is left from a
+                // crashed ADD of this same attachment (the name derives
+                // from it): replace it.
+                if kernel.link_get(Ns::Host, &host_name)?.is_none() {
+                    return Err(e.into());
+                }
+                tracing::warn!(link = %host_name, "replacing a stale host veth of this attachment");
+                kernel.link_delete(Ns::Host, &host_name)?;
+                kernel.veth_create(&host_name, &opts)?
+            }
+            other => other?,
+        };
         self.grants.allow_link(Ns::Host, &host_name);
         self.undo.push(Undo::DeleteLink(Ns::Host, host_name));
         Ok(pair)

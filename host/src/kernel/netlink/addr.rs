@@ -10,14 +10,7 @@ use rtnetlink::Handle;
 use super::link::get;
 use super::{errno, nl_err};
 use crate::bindings::IpNet;
-use crate::error::{Error, Result};
-
-async fn index(h: &Handle, link: &str) -> Result<u32> {
-    get(h, link)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::io(format!("link {link} not found")))
-}
+use crate::error::Result;
 
 fn address_of(msg: &AddressMessage) -> Option<IpNet> {
     // IFA_LOCAL is the address of the interface; IFA_ADDRESS the peer on
@@ -49,8 +42,8 @@ async fn dump(h: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
         .map_err(|e| nl_err(format!("list addresses of link #{index}"), e))
 }
 
-pub async fn add(h: &Handle, link: &str, addr: &IpNet) -> Result<()> {
-    let index = index(h, link).await?;
+/// Adds `addr` to link `link`, whose index is `index`.
+pub async fn add(h: &Handle, link: &str, index: u32, addr: &IpNet) -> Result<()> {
     match h
         .address()
         .add(index, addr.ip(), addr.prefix_len)
@@ -79,8 +72,8 @@ pub async fn del(h: &Handle, link: &str, addr: &IpNet) -> Result<()> {
     Ok(())
 }
 
-pub async fn list(h: &Handle, link: &str) -> Result<Vec<IpNet>> {
-    let index = index(h, link).await?;
+/// The addresses of link `index`.
+pub async fn list(h: &Handle, index: u32) -> Result<Vec<IpNet>> {
     Ok(dump(h, index)
         .await?
         .iter()

@@ -14,7 +14,7 @@ use rtnetlink::{
 
 use super::{errno, nl_err};
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
-use crate::error::{Error, Result};
+use crate::error::{code, Error, Result};
 
 pub fn format_mac(bytes: &[u8]) -> String {
     bytes
@@ -98,13 +98,6 @@ async fn get_by_index(h: &Handle, index: u32) -> Result<Option<LinkInfo>> {
     }
 }
 
-async fn index_of(h: &Handle, name: &str) -> Result<u32> {
-    get(h, name)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::io(format!("link {name} not found")))
-}
-
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
@@ -185,14 +178,10 @@ pub async fn create_veth(
     match host.link().add(veth.build()).execute().await {
         Ok(()) => {}
         Err(e) if errno(&e) == Some(EEXIST) => {
-            let which = if get_msg(container, ifname).await?.is_some() {
-                format!("container interface {ifname}")
-            } else {
-                format!("host interface {host_name}")
-            };
-            return Err(Error::io(format!(
-                "create veth pair: {which} already exists"
-            )));
+            return Err(Error::new(
+                code::ALREADY_EXISTS,
+                format!("create veth pair {host_name}/{ifname}: an interface of that name exists"),
+            ));
         }
         Err(e) => return Err(nl_err(format!("create veth pair {host_name}/{ifname}"), e)),
     }
@@ -234,8 +223,7 @@ pub async fn set_up(h: &Handle, name: &str, up: bool) -> Result<()> {
 /// address and route per port, which would make the node's IPv6 tables grow
 /// with the pods, and every link change on the node walks them. A port
 /// without IPv6 (a kernel without it, an MTU under 1280) is attached as is.
-pub async fn set_master(h: &Handle, name: &str, bridge: &str) -> Result<()> {
-    let master = index_of(h, bridge).await?;
+pub async fn set_master(h: &Handle, name: &str, bridge: &str, master: u32) -> Result<()> {
     let no_addresses =
         LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
             In6AddrGenMode::None,
@@ -302,8 +290,7 @@ fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
 /// namespace has its own `eth0` under the one `conf` directory entry the
 /// namespaces share, so resolving that path walks one cached entry per pod
 /// on the node; the link's index does not.
-pub async fn set_ipv4_conf(h: &Handle, name: &str, id: u16, value: u32) -> Result<()> {
-    let index = index_of(h, name).await?;
+pub async fn set_ipv4_conf(h: &Handle, name: &str, index: u32, id: u16, value: u32) -> Result<()> {
     let conf = nla(IFLA_INET_CONF, &nla(id, &value.to_ne_bytes()));
     let spec = nla(AF_INET, &conf);
     let mut msg = LinkMessage::default();
@@ -318,8 +305,7 @@ pub async fn set_ipv4_conf(h: &Handle, name: &str, id: u16, value: u32) -> Resul
         .map_err(|e| nl_err(format!("set IPv4 setting {id} of {name}"), e))
 }
 
-pub async fn set_hairpin(h: &Handle, name: &str, on: bool) -> Result<()> {
-    let index = index_of(h, name).await?;
+pub async fn set_hairpin(h: &Handle, name: &str, index: u32, on: bool) -> Result<()> {
     let msg = LinkBridgePort::new(index).hairpin(on).build();
     h.link()
         .set_port(msg)
@@ -328,8 +314,13 @@ pub async fn set_hairpin(h: &Handle, name: &str, on: bool) -> Result<()> {
         .map_err(|e| nl_err(format!("set hairpin mode on {name}"), e))
 }
 
-pub async fn set_port_vlan(h: &Handle, name: &str, vid: u16, keep_default: bool) -> Result<()> {
-    let index = index_of(h, name).await?;
+pub async fn set_port_vlan(
+    h: &Handle,
+    name: &str,
+    index: u32,
+    vid: u16,
+    keep_default: bool,
+) -> Result<()> {
     if !keep_default {
         let msg = LinkBridgeVlan::new(index)
             .vlan(1, BridgeVlanInfoFlags::empty())

@@ -7,6 +7,7 @@ mod addr;
 mod link;
 mod route;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ pub struct NetlinkKernel {
     host: Option<Handle>,
     netns_path: Option<PathBuf>,
     container: Option<Container>,
+    /// Indexes of the links this invocation has looked up or made, by
+    /// namespace and name. A link keeps its index for life, and the names
+    /// a plugin works on are its attachment's own (its veth ends, its
+    /// bridge), so a bridge ADD asks the kernel for each once instead of
+    /// before every request. Deleting a link here forgets them all.
+    indexes: HashMap<(Ns, String), u32>,
 }
 
 /// IPv6 link-local (fe80::/10): never a pod address the firewall knows.
@@ -103,6 +110,7 @@ impl NetlinkKernel {
             host: None,
             netns_path: netns,
             container: None,
+            indexes: HashMap::new(),
         })
     }
 
@@ -159,6 +167,23 @@ impl NetlinkKernel {
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
+
+    fn learn(&mut self, ns: Ns, link: &LinkInfo) {
+        self.indexes.insert((ns, link.name.clone()), link.index);
+    }
+
+    /// The index of link `name` in `ns`: known, or asked of the kernel.
+    fn index(&mut self, ns: Ns, name: &str) -> Result<u32> {
+        if let Some(index) = self.indexes.get(&(ns, name.to_string())) {
+            return Ok(*index);
+        }
+        let h = self.handle(ns)?;
+        let link = self
+            .block_on(link::get(&h, name))?
+            .ok_or_else(|| Error::io(format!("link {name} not found")))?;
+        self.learn(ns, &link);
+        Ok(link.index)
+    }
 }
 
 impl Kernel for NetlinkKernel {
@@ -168,19 +193,28 @@ impl Kernel for NetlinkKernel {
 
     fn link_get(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>> {
         let h = self.handle(ns)?;
-        self.block_on(link::get(&h, name))
+        let found = self.block_on(link::get(&h, name))?;
+        if let Some(link) = &found {
+            self.learn(ns, link);
+        }
+        Ok(found)
     }
 
     fn bridge_ensure(&mut self, name: &str, opts: &BridgeOptions) -> Result<(LinkInfo, bool)> {
         let h = self.handle(Ns::Host)?;
-        self.block_on(link::ensure_bridge(&h, name, opts))
+        let ensured = self.block_on(link::ensure_bridge(&h, name, opts))?;
+        self.learn(Ns::Host, &ensured.0);
+        Ok(ensured)
     }
 
     fn veth_create(&mut self, host_name: &str, opts: &VethOptions) -> Result<VethPair> {
         let h = self.handle(Ns::Host)?;
         let c = self.handle(Ns::Container)?;
         let fd = self.open_container()?.file.as_raw_fd();
-        self.block_on(link::create_veth(&h, &c, fd, host_name, opts))
+        let pair = self.block_on(link::create_veth(&h, &c, fd, host_name, opts))?;
+        self.learn(Ns::Host, &pair.host);
+        self.learn(Ns::Container, &pair.container);
+        Ok(pair)
     }
 
     fn veth_peer(&mut self, ns: Ns, name: &str) -> Result<Option<LinkInfo>> {
@@ -199,8 +233,9 @@ impl Kernel for NetlinkKernel {
     }
 
     fn link_set_master(&mut self, name: &str, bridge: &str) -> Result<()> {
+        let master = self.index(Ns::Host, bridge)?;
         let h = self.handle(Ns::Host)?;
-        self.block_on(link::set_master(&h, name, bridge))
+        self.block_on(link::set_master(&h, name, bridge, master))
     }
 
     fn link_set_promisc(&mut self, name: &str, on: bool) -> Result<()> {
@@ -209,17 +244,21 @@ impl Kernel for NetlinkKernel {
     }
 
     fn link_set_hairpin(&mut self, name: &str, on: bool) -> Result<()> {
+        let index = self.index(Ns::Host, name)?;
         let h = self.handle(Ns::Host)?;
-        self.block_on(link::set_hairpin(&h, name, on))
+        self.block_on(link::set_hairpin(&h, name, index, on))
     }
 
     fn link_set_port_vlan(&mut self, name: &str, vid: u16, keep_default: bool) -> Result<()> {
+        let index = self.index(Ns::Host, name)?;
         let h = self.handle(Ns::Host)?;
-        self.block_on(link::set_port_vlan(&h, name, vid, keep_default))
+        self.block_on(link::set_port_vlan(&h, name, index, vid, keep_default))
     }
 
     fn link_delete(&mut self, ns: Ns, name: &str) -> Result<()> {
         let h = self.handle(ns)?;
+        // A veth's other end goes with it: forget every index.
+        self.indexes.clear();
         let Some(found) = self.block_on(link::get(&h, name))? else {
             return Ok(());
         };
@@ -235,8 +274,9 @@ impl Kernel for NetlinkKernel {
     }
 
     fn addr_add(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()> {
+        let index = self.index(ns, link)?;
         let h = self.handle(ns)?;
-        self.block_on(addr::add(&h, link, addr))
+        self.block_on(addr::add(&h, link, index, addr))
     }
 
     fn addr_del(&mut self, ns: Ns, link: &str, addr: &IpNet) -> Result<()> {
@@ -245,13 +285,15 @@ impl Kernel for NetlinkKernel {
     }
 
     fn addr_list(&mut self, ns: Ns, link: &str) -> Result<Vec<IpNet>> {
+        let index = self.index(ns, link)?;
         let h = self.handle(ns)?;
-        self.block_on(addr::list(&h, link))
+        self.block_on(addr::list(&h, index))
     }
 
     fn route_add(&mut self, ns: Ns, route: &RouteSpec) -> Result<()> {
+        let oif = self.index(ns, &route.dev)?;
         let h = self.handle(ns)?;
-        self.block_on(route::add(&h, route))
+        self.block_on(route::add(&h, route, oif))
     }
 
     fn route_del(&mut self, ns: Ns, route: &RouteSpec) -> Result<()> {
@@ -260,8 +302,9 @@ impl Kernel for NetlinkKernel {
     }
 
     fn route_list(&mut self, ns: Ns, dev: &str) -> Result<Vec<RouteSpec>> {
+        let index = self.index(ns, dev)?;
         let h = self.handle(ns)?;
-        self.block_on(route::list(&h, dev))
+        self.block_on(route::list(&h, dev, index))
     }
 
     fn sysctl_get(&mut self, ns: Ns, key: &str) -> Result<String> {
@@ -273,8 +316,9 @@ impl Kernel for NetlinkKernel {
 
     fn sysctl_set(&mut self, ns: Ns, key: &str, value: &str) -> Result<()> {
         if let (Some((link, id)), Ok(v)) = (link::ipv4_conf_key(key), value.trim().parse()) {
+            let index = self.index(ns, link)?;
             let h = self.handle(ns)?;
-            return self.block_on(link::set_ipv4_conf(&h, link, id, v));
+            return self.block_on(link::set_ipv4_conf(&h, link, index, id, v));
         }
         match ns {
             Ns::Host => sysctl::write(key, value),

@@ -16,13 +16,6 @@ use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
 use crate::error::{Error, Result};
 
-async fn index(h: &Handle, dev: &str) -> Result<u32> {
-    get(h, dev)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::io(format!("link {dev} not found")))
-}
-
 fn message(r: &RouteSpec, oif: u32) -> Result<RouteMessage> {
     let bad = |e| Error::config(format!("route {}: {e}", r.dst));
     // Routes a plugin adds are configuration, as with the reference plugins:
@@ -60,8 +53,8 @@ fn message(r: &RouteSpec, oif: u32) -> Result<RouteMessage> {
     Ok(msg)
 }
 
-pub async fn add(h: &Handle, r: &RouteSpec) -> Result<()> {
-    let oif = index(h, &r.dev).await?;
+/// Adds route `r`, whose link `r.dev` has index `oif`.
+pub async fn add(h: &Handle, r: &RouteSpec, oif: u32) -> Result<()> {
     match h.route().add(message(r, oif)?).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
@@ -148,8 +141,7 @@ fn oif(msg: &RouteMessage) -> Option<u32> {
 }
 
 /// Routes of the main table whose output link is `dev`.
-pub async fn list(h: &Handle, dev: &str) -> Result<Vec<RouteSpec>> {
-    let index = index(h, dev).await?;
+pub async fn list(h: &Handle, dev: &str, index: u32) -> Result<Vec<RouteSpec>> {
     let mut out = Vec::new();
     for mut query in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
