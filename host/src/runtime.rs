@@ -420,9 +420,12 @@ impl Runtime {
             .clone()
             .filter(|ipam| ipam != name && self.has_component(ipam));
         let runtime = self.clone();
+        // Its log lines belong to the invocation's span.
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("prepare".into())
             .spawn(move || {
+                let _in = span.enter();
                 let _ = runtime.linker_of(Role::Network, Wasi::Cli);
                 if let Some(component) = ipam.and_then(|ipam| runtime.load(&ipam).ok()) {
                     let _ =
