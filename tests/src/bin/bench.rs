@@ -1047,9 +1047,12 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(90);
 /// Waits until the machine is idle (at least 90 % idle in two consecutive
 /// half seconds), so a phase does not pay for the last one: deleting a
 /// thousand pod namespaces leaves the kernel freeing them for seconds in
-/// the background. Returns how long it waited.
+/// the background. Dirty pages are written back first: the build just
+/// before a run leaves hundreds of MB of them, whose writeback would
+/// otherwise run during the first phase. Returns how long it waited.
 fn settle() -> Duration {
     let started = Instant::now();
+    nix::unistd::sync();
     let mut quiet = 0;
     let mut last = cpu_ticks();
     while quiet < 2 && started.elapsed() < SETTLE_LIMIT {
