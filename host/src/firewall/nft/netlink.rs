@@ -452,8 +452,8 @@ fn pending(path: &std::path::Path) -> bool {
 /// each on a 2-core VM; well inside [`FREEING_WINDOW`]). A close that gives
 /// up holds nf_tables' commit mutex while the pending frees wait for a
 /// grace period, and the next pod's veth registration and batches wait
-/// with it: with 8 tries, pods coming and going every few milliseconds
-/// made a quarter of chain ADDs 4-10 ms slower; with 32, a tenth.
+/// with it. Pods coming and going every few milliseconds rarely leave a
+/// quiet one, so the close waits longer rather than give up sooner.
 const QUIET_TRIES: usize = 32;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFT_MSG_NEWGEN: u16 = 15;
