@@ -55,6 +55,9 @@ struct Opts {
     parallel_pods: usize,
     stall: Duration,
     out: PathBuf,
+    /// `mcast_snooping` set on every node's bridge after its first pod;
+    /// `None`: the kernel's default (on).
+    mcast_snooping: Option<bool>,
 }
 
 impl Opts {
@@ -67,6 +70,7 @@ impl Opts {
             parallel_pods: 256,
             stall: Duration::from_secs(300),
             out: workspace().join("target/bench"),
+            mcast_snooping: None,
         };
         let mut it = args.iter().filter(|a| *a != "--");
         while let Some(flag) = it.next() {
@@ -93,6 +97,13 @@ impl Opts {
                 "--parallel-pods" => o.parallel_pods = num(value()?)?,
                 "--stall" => o.stall = Duration::from_secs(num(value()?)?.max(10) as u64),
                 "--out" => o.out = workspace().join(value()?),
+                "--mcast-snooping" => {
+                    o.mcast_snooping = match value()?.as_str() {
+                        "on" => Some(true),
+                        "off" => Some(false),
+                        v => return Err(format!("--mcast-snooping {v}: on or off")),
+                    }
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown option {other}")),
             }
@@ -106,8 +117,13 @@ impl Opts {
 
     fn command_line(&self) -> String {
         let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let snooping = match self.mcast_snooping {
+            Some(true) => " --mcast-snooping on",
+            Some(false) => " --mcast-snooping off",
+            None => "",
+        };
         format!(
-            "cargo xtask bench -- --levels {} --samples {} --chains {} --threads {} --parallel-pods {}",
+            "cargo xtask bench -- --levels {} --samples {} --chains {} --threads {} --parallel-pods {}{snooping}",
             list(&self.levels),
             self.samples,
             self.chains
@@ -122,7 +138,7 @@ impl Opts {
 }
 
 const USAGE: &str = "usage: bench [--levels 1,50,250,1000] [--samples 20] [--chains A,B,C] \
-[--threads 16] [--parallel-pods 256] [--stall SECS] [--out DIR]";
+[--threads 16] [--parallel-pods 256] [--stall SECS] [--out DIR] [--mcast-snooping on|off]";
 
 fn workspace() -> PathBuf {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -260,6 +276,8 @@ impl Op {
 /// The directory holding every temporary file of this run (removed by the
 /// signal thread and the watchdog when they end the process).
 static TEMP_ROOT: OnceLock<PathBuf> = OnceLock::new();
+/// `--mcast-snooping`: set on each latency node's bridge after its first pod.
+static MCAST_SNOOPING: OnceLock<bool> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
 /// Milliseconds after [`STARTED`] of the last progress.
 static LAST_PROGRESS: AtomicU64 = AtomicU64::new(0);
@@ -368,12 +386,16 @@ fn install_watchdog(stall: Duration) {
 
 /// A node: its namespace, host-local store, driver and background pods.
 /// Dropping it deletes the pod namespaces, then the node's (taking the
-/// bridge, veths and firewall rules with it), then the store.
+/// bridge, veths and firewall rules with it). The store stays until the
+/// run's temporary root is removed at the end: removing thousands of
+/// reservation files would slow the next node's file creations (ext4
+/// without a journal passes over every inode freed in the last 5-35 s
+/// before it takes a free one), for either side.
 struct Node {
     pods: Vec<Netns>,
     ns: Netns,
     driver: Driver,
-    data: TempDir,
+    data: PathBuf,
     chain: Chain,
     list: Value,
     /// Whether `list` carries the nftables backend keys.
@@ -389,9 +411,9 @@ impl Node {
     fn new(dir: &Path, chain: Chain, nft: bool) -> Node {
         let ns = netns("bn");
         let driver = Driver::new(dir, &ns);
-        let data = temp_dir();
+        let data = temp_dir().keep();
         let nft = nft && chain.has_firewall();
-        let list = chain.list(data.path(), nft);
+        let list = chain.list(&data, nft);
         Node {
             pods: Vec::new(),
             ns,
@@ -413,11 +435,11 @@ impl Node {
         self.adds += 1;
         let res = self.driver.add(&self.list, att, caps);
         progress();
-        match res {
+        let res = match res {
             Err(e) if first && self.nft => {
                 let _ = self.driver.del(&self.list, att, caps, None);
                 self.nft = false;
-                self.list = self.chain.list(self.data.path(), false);
+                self.list = self.chain.list(&self.data, false);
                 self.fallback = Some(format!(
                     "refused the nftables keys (code {}: {}); ran with its default backend",
                     e.code, e.msg
@@ -425,7 +447,16 @@ impl Node {
                 self.driver.add(&self.list, att, caps)
             }
             other => other,
+        };
+        // The first pod made the bridge.
+        if let (true, Ok(_), Some(&on)) = (first, &res, MCAST_SNOOPING.get()) {
+            sh(&format!(
+                "ip -n {} link set {BRIDGE} type bridge mcast_snooping {}",
+                self.ns.name(),
+                u8::from(on)
+            ));
         }
+        res
     }
 
     fn check(&self, att: &Attachment, caps: &Value, result: &Value) -> Result<(), CniError> {
@@ -1428,6 +1459,9 @@ fn main() {
     }
     let root = TempDir::with_prefix("wasm-cni-bench-").expect("temp dir");
     let _ = TEMP_ROOT.set(root.path().to_path_buf());
+    if let Some(on) = opts.mcast_snooping {
+        let _ = MCAST_SNOOPING.set(on);
+    }
     install_watchdog(opts.stall);
     if let Err(e) = std::fs::create_dir_all(&opts.out) {
         eprintln!("bench: {}: {e}", opts.out.display());
@@ -1450,6 +1484,14 @@ fn main() {
     ];
     if let Some(r) = &reference {
         header.push(format!("reference: {} ({ref_version})", r.display()));
+    }
+    if let Some(on) = opts.mcast_snooping {
+        header.push(format!(
+            "node tuning: multicast snooping {} on each latency node's bridge \
+             (`ip link set {BRIDGE} type bridge mcast_snooping {}` after its first pod, both sides)",
+            if on { "on" } else { "off" },
+            u8::from(on)
+        ));
     }
     for h in &header {
         eprintln!("bench: {h}");
