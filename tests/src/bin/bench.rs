@@ -651,7 +651,15 @@ fn latency(side: Side, dir: &Path, chain: Chain, opts: &Opts, log: &mut Log) -> 
     let mut node = Node::new(dir, chain, true);
     let mut port = SAMPLE_PORT;
     for &level in &opts.levels {
+        let before = node.pods.len();
         node.fill_to(level, log, who)?;
+        if node.pods.len() > before {
+            let waited = settle();
+            eprintln!(
+                "  (waited {:.1} s for an idle machine)",
+                waited.as_secs_f64()
+            );
+        }
         let mut failures = BTreeMap::<Op, (usize, String)>::new();
         for s in 0..opts.samples {
             let ns = netns("bs");
