@@ -118,8 +118,12 @@ impl Kernel for MockKernel {
 
     fn bridge_ensure(&mut self, name: &str, opts: &BridgeOptions) -> Result<(LinkInfo, bool)> {
         let mut s = self.state();
+        let snooping = opts
+            .multicast_snooping
+            .map(|on| format!(" multicast-snooping={on}"))
+            .unwrap_or_default();
         s.record(format!(
-            "link.ensure-bridge {name} mtu={:?} promisc={} vlan-filtering={}",
+            "link.ensure-bridge {name} mtu={:?} promisc={} vlan-filtering={}{snooping}",
             opts.mtu, opts.promisc, opts.vlan_filtering
         ))?;
         let key = (Ns::Host, name.to_string());

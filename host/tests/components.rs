@@ -216,6 +216,21 @@ fn bridge_add_dual_stack_turns_dad_off_and_forwards_both_families() {
 }
 
 #[test]
+fn bridge_asks_for_multicast_snooping_only_when_configured() {
+    let rt = dist_runtime();
+    let k = MockKernel::new();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": NET, "type": "bridge",
+        "bridge": "br-l2", "multicastSnooping": false
+    });
+    add_ok(rt, "bridge", inv(Command::Add, &conf), &k);
+    assert_eq!(
+        k.calls()[0],
+        "link.ensure-bridge br-l2 mtu=None promisc=false vlan-filtering=false multicast-snooping=false"
+    );
+}
+
+#[test]
 fn bridge_add_layer2_with_vlan_and_mtu() {
     let rt = dist_runtime();
     let k = MockKernel::new();

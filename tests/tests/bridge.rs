@@ -567,6 +567,83 @@ fn failed_add_after_ipam_is_undone() {
     assert_eq!(global_addrs(&w.node, BRIDGE), ["10.88.1.254/24"]);
 }
 
+/// The bridge's `mcast_snooping` as `ip -d link` shows it.
+fn mcast_snooping(node: &Netns) -> Value {
+    link(node, BRIDGE).expect("bridge")["linkinfo"]["info_data"]["mcast_snooping"].clone()
+}
+
+#[test]
+fn multicast_snooping_is_off_on_a_new_bridge_and_set_only_when_asked() {
+    require_root!();
+    let snooping = |on: bool| move |p: &mut Value| p["multicastSnooping"] = json!(on);
+    // Unset: the bridge is created without it.
+    let w = world();
+    let a = w.pod("pod-snoop-a");
+    let ra = w.add(&w.list(LATEST), &a);
+    assert_eq!(mcast_snooping(&w.node), 0);
+    // Pods on a bridge without snooping still reach each other (IPv6
+    // neighbour discovery is multicast).
+    let b = w.pod("pod-snoop-b");
+    let rb = w.add(&w.list(LATEST), &b);
+    wait_dad(&w.node, BRIDGE);
+    for v6 in [false, true] {
+        assert!(a.ns.ping(&pod_ip(&rb, v6)), "a -> b (v6={v6})");
+        assert!(b.ns.ping(&pod_ip(&ra, v6)), "b -> a (v6={v6})");
+    }
+    // Asked on: an existing bridge that differs is changed; asked off, back.
+    let c = w.pod("pod-snoop-c");
+    w.add(&bridge_list_with(LATEST, w.data.path(), snooping(true)), &c);
+    assert_eq!(mcast_snooping(&w.node), 1);
+    let d = w.pod("pod-snoop-d");
+    w.add(
+        &bridge_list_with(LATEST, w.data.path(), snooping(false)),
+        &d,
+    );
+    assert_eq!(mcast_snooping(&w.node), 0);
+
+    // Unset: a bridge someone else made keeps the kernel's default (on).
+    let w = world();
+    prebuilt_bridge(&w.node, "10.88.1.1/24");
+    let e = w.pod("pod-snoop-e");
+    w.add(&w.list(LATEST), &e);
+    assert_eq!(mcast_snooping(&w.node), 1);
+}
+
+/// The bridge's MAC and how the kernel came by it (`addr_assign_type`:
+/// 3 when set explicitly, 1 random, 0 taken from a port).
+fn bridge_mac(node: &Netns) -> (String, String) {
+    let mac = link(node, BRIDGE).expect("bridge")["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let how = node.sh(&format!("cat /sys/class/net/{BRIDGE}/addr_assign_type"));
+    (mac, how.trim().to_string())
+}
+
+#[test]
+fn the_gateway_mac_stays_as_pods_come_and_go() {
+    require_root!();
+    let w = world();
+    let (first, r0) = w.add_pod(LATEST, "pod-mac-0");
+    let (mac, how) = bridge_mac(&w.node);
+    assert_eq!(how, "3", "the bridge's MAC is its own, not a port's");
+    let octet = u8::from_str_radix(&mac[..2], 16).expect("hex");
+    assert_eq!(octet & 3, 2, "{mac}: locally administered unicast");
+    assert_eq!(r0["interfaces"][0]["mac"], json!(mac), "{r0}");
+    // A port whose MAC is lower than every other joins, then the first
+    // pod leaves: a bridge that follows its ports would change its MAC
+    // both times (and the pods' cached gateway MAC would go stale).
+    let low = w.pod("pod-mac-1");
+    let with_low_mac = |p: &mut Value| p["runtimeConfig"] = json!({"mac": "02:00:00:00:00:01"});
+    w.add(&bridge_list_with(LATEST, w.data.path(), with_low_mac), &low);
+    w.driver
+        .del(&w.list(LATEST), &first.att, &no_caps(), Some(&r0))
+        .expect("DEL");
+    assert_eq!(bridge_mac(&w.node), (mac.clone(), "3".into()));
+    let (_, r2) = w.add_pod(LATEST, "pod-mac-2");
+    assert_eq!(r2["interfaces"][0]["mac"], json!(mac), "{r2}");
+}
+
 #[test]
 fn force_address_replaces_the_bridge_address() {
     require_root!();

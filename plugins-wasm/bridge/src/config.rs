@@ -28,6 +28,8 @@ struct Raw {
     #[serde(default)]
     promisc_mode: bool,
     #[serde(default)]
+    multicast_snooping: Option<bool>,
+    #[serde(default)]
     vlan: Option<u32>,
     #[serde(default)]
     vlan_trunk: Option<serde_json::Value>,
@@ -94,6 +96,9 @@ pub struct Conf {
     pub mtu: Option<u32>,
     pub hairpin: bool,
     pub promisc: bool,
+    /// `multicastSnooping` (ours): the bridge's IGMP/MLD snooping; unset
+    /// leaves the kernel's setting.
+    pub multicast_snooping: Option<bool>,
     pub vlan: Option<u16>,
     pub preserve_default_vlan: bool,
     pub enable_dad: bool,
@@ -196,6 +201,7 @@ impl Conf {
             mtu: raw.mtu,
             hairpin: raw.hairpin_mode,
             promisc: raw.promisc_mode,
+            multicast_snooping: raw.multicast_snooping,
             vlan,
             preserve_default_vlan: raw.preserve_default_vlan,
             enable_dad: raw.enabledad,
@@ -257,6 +263,15 @@ mod tests {
         }
         // Checked even when masquerading is off, as the reference does.
         err(r#""ipMasqBackend":"xtables""#, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn multicast_snooping() {
+        assert_eq!(parse("").unwrap().multicast_snooping, None);
+        let c = parse(r#""multicastSnooping":false"#).unwrap();
+        assert_eq!(c.multicast_snooping, Some(false));
+        let msg = err(r#""multicastSnooping":"off""#, code::INVALID_CONFIG);
+        assert!(msg.starts_with("multicastSnooping:"), "{msg}");
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Plugin for Bridge {
                 promisc: conf.promisc,
                 vlan_filtering: conf.vlan.is_some(),
                 mac: None,
+                multicast_snooping: conf.multicast_snooping,
             },
         )?;
         let pair = link::create_veth(

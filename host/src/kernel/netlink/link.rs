@@ -5,8 +5,8 @@ use std::os::fd::RawFd;
 use futures::TryStreamExt;
 use nix::libc::{EAFNOSUPPORT, EEXIST, ENODEV};
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, BridgeVlanInfoFlags, In6AddrGenMode, InfoData, InfoKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo as Info, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, BridgeVlanInfoFlags, In6AddrGenMode, InfoBridge, InfoData, InfoKind,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo as Info, LinkMessage,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -98,20 +98,66 @@ async fn get_by_index(h: &Handle, index: u32) -> Result<Option<LinkInfo>> {
     }
 }
 
+/// A bridge's multicast snooping setting, from its link message.
+fn multicast_snooping(msg: &LinkMessage) -> Option<bool> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            Info::Data(InfoData::Bridge(attrs)) => attrs.iter().find_map(|b| match b {
+                InfoBridge::MulticastSnooping(on) => Some(*on),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// A random locally administered unicast MAC, as the kernel picks for a
+/// new bridge.
+fn random_mac() -> Result<Vec<u8>> {
+    let mut mac = vec![0u8; 6];
+    // SAFETY: the kernel writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { nix::libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if usize::try_from(n).ok() != Some(mac.len()) {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::io(format!("a MAC for the bridge: getrandom: {e}")));
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
+/// Returns the bridge `name`, creating it when missing, and whether this
+/// call created it.
+///
+/// A bridge created here is given its MAC (`opts.mac`, else a random
+/// locally administered one): a bridge whose MAC the kernel chose takes the
+/// lowest of its ports' MACs, so the pods' gateway MAC would change as pods
+/// come and go, and the kernel walks every port for it on each port added
+/// or removed. It gets multicast snooping only when asked: without a
+/// multicast querier on the bridge the kernel floods multicast to every
+/// port either way, and with snooping on, every port added, removed or
+/// brought up re-arms timers on every port.
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
     opts: &BridgeOptions,
 ) -> Result<(LinkInfo, bool)> {
     let mut created = false;
-    let existing = get(h, name).await?;
+    let existing = get_msg(h, name).await?;
     if existing.is_none() {
-        let mut b = LinkBridge::new(name).up().promiscuous(opts.promisc);
+        let mac = match &opts.mac {
+            Some(mac) => parse_mac(mac)?,
+            None => random_mac()?,
+        };
+        let mut b = LinkBridge::new(name)
+            .up()
+            .promiscuous(opts.promisc)
+            .address(mac)
+            .append_info_data(InfoBridge::MulticastSnooping(
+                opts.multicast_snooping.unwrap_or(false),
+            ));
         if let Some(mtu) = opts.mtu {
             b = b.mtu(mtu);
-        }
-        if let Some(mac) = &opts.mac {
-            b = b.address(parse_mac(mac)?);
         }
         if opts.vlan_filtering {
             b = b.vlan_filtering(true);
@@ -125,10 +171,12 @@ pub async fn ensure_bridge(
     }
     let bridge = match existing {
         Some(b) => b,
-        None => get(h, name)
+        None => get_msg(h, name)
             .await?
             .ok_or_else(|| Error::io(format!("bridge {name} vanished after creation")))?,
     };
+    let snooping = multicast_snooping(&bridge);
+    let bridge = info(&bridge);
     if bridge.kind != "bridge" {
         return Err(Error::config(format!(
             "bridge: link {name} exists but is a {:?} device, not a bridge",
@@ -149,6 +197,17 @@ pub async fn ensure_bridge(
                 .execute()
                 .await
                 .map_err(|e| nl_err(format!("enable vlan_filtering on {name}"), e))?;
+        }
+        // Also on a bridge another invocation created just before this one.
+        if let Some(on) = opts.multicast_snooping.filter(|on| snooping != Some(*on)) {
+            let msg = LinkBridge::new(name)
+                .append_info_data(InfoBridge::MulticastSnooping(on))
+                .build();
+            h.link()
+                .change(msg)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("set mcast_snooping {} on {name}", u8::from(on)), e))?;
         }
     }
     Ok((bridge, created))
