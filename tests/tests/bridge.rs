@@ -148,6 +148,12 @@ fn host_veths_are_hairpin_ports_of_the_bridge() {
         assert_eq!(l["inet6_addr_gen_mode"], "none", "{l}");
         let v6 = w.node.sh(&format!("ip -6 addr show dev {host_if}"));
         assert!(v6.trim().is_empty(), "{host_if} has IPv6 addresses: {v6}");
+        // Each end has the one queue each way a veth uses.
+        let eth0 = link(&pod.ns, "eth0").expect("eth0");
+        for end in [&l, &eth0] {
+            assert_eq!(end["num_tx_queues"], 1, "{end}");
+            assert_eq!(end["num_rx_queues"], 1, "{end}");
+        }
     }
 }
 

@@ -213,6 +213,16 @@ pub async fn ensure_bridge(
     Ok((bridge, created))
 }
 
+/// One transmit and one receive queue, as the kernel gives a veth end
+/// anyway: asked for in the creating request, the kernel allocates just
+/// those, where it would allocate one per CPU and then cut the end down to
+/// one, waiting for an RCU grace period per end while it holds the network
+/// configuration lock.
+fn one_queue<T>(b: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+    b.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+}
+
 pub async fn create_veth(
     host: &Handle,
     container: &Handle,
@@ -221,16 +231,18 @@ pub async fn create_veth(
     opts: &VethOptions,
 ) -> Result<VethPair> {
     let ifname = &opts.container_ifname;
-    let mut peer = LinkUnspec::new_with_name(ifname).setns_by_fd(container_fd);
+    let mut peer = one_queue(LinkUnspec::new_with_name(ifname)).setns_by_fd(container_fd);
     if let Some(mtu) = opts.mtu {
         peer = peer.mtu(mtu);
     }
     if let Some(mac) = &opts.container_mac {
         peer = peer.address(parse_mac(mac)?);
     }
-    let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-        .name(host_name.to_string())
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+    let mut veth = one_queue(LinkMessageBuilder::<LinkVeth>::new_with_info_kind(
+        InfoKind::Veth,
+    ))
+    .name(host_name.to_string())
+    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
     if let Some(mtu) = opts.mtu {
         veth = veth.mtu(mtu);
     }
