@@ -191,6 +191,48 @@ fn port_mappings_and_hairpin_elements() {
 }
 
 #[test]
+fn port_mappings_of_finds_the_owners_mappings_by_key() {
+    let Some(ns) = Netns::new("ports-of") else {
+        return;
+    };
+    ns.run(|| {
+        let mut fw = Nftables::new();
+        let (a, b) = (owner("a"), owner("b"));
+        let mut with_ip = mapping(53, "10.77.0.2");
+        with_ip.protocol = Protocol::Udp;
+        with_ip.host_ip = Some(ip("192.0.2.10"));
+        let a_maps = [
+            mapping(8080, "10.77.0.2"),
+            mapping(8080, "fd77::2"),
+            with_ip,
+        ];
+        fw.add_port_mappings(&a, &a_maps, &opts()).expect("add a");
+        fw.add_port_mappings(&b, &[mapping(9090, "10.77.0.3")], &opts())
+            .expect("add b");
+        let found = fw.port_mappings_of(&a, &a_maps).expect("of a");
+        assert_eq!(found, a_maps.to_vec());
+        // Another owner's mapping, one to another pod port, one that is not
+        // there: none of them is a's.
+        let mut other_port = mapping(8080, "10.77.0.2");
+        other_port.container_port = 81;
+        let not_a = [
+            mapping(9090, "10.77.0.3"),
+            other_port,
+            mapping(7070, "10.77.0.2"),
+        ];
+        assert!(fw.port_mappings_of(&a, &not_a).expect("not a").is_empty());
+        // What is there is still found beside what is not.
+        let mixed = [mapping(7070, "10.77.0.2"), mapping(8080, "10.77.0.2")];
+        assert_eq!(
+            fw.port_mappings_of(&a, &mixed).expect("mixed"),
+            vec![mapping(8080, "10.77.0.2")]
+        );
+        fw.remove(&a, RuleKind::PortMappings).expect("remove a");
+        assert!(fw.port_mappings_of(&a, &a_maps).expect("gone").is_empty());
+    });
+}
+
+#[test]
 fn gc_removes_vanished_attachments_of_its_network_only() {
     let Some(ns) = Netns::new("gc") else { return };
     ns.run(|| {

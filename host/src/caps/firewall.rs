@@ -66,6 +66,15 @@ impl Host for HostState {
         Ok(self.kernel()?.fw_list(&owner, kind)?)
     }
 
+    fn port_mappings_of(
+        &mut self,
+        mappings: Vec<PortMapping>,
+    ) -> Result<Vec<PortMapping>, CniError> {
+        crate::firewall::validate_mappings(&mappings)?;
+        let owner = self.owner();
+        Ok(self.kernel()?.fw_port_mappings_of(&owner, &mappings)?)
+    }
+
     fn gc(&mut self, kind: RuleKind, valid: Vec<Attachment>) -> Result<(), CniError> {
         let network = self.inv.conf.name.clone();
         let valid: Vec<Owner> = valid

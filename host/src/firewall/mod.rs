@@ -245,6 +245,17 @@ pub trait Firewall {
         self.remove(owner, RuleKind::PortMappings)
     }
     fn list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
+    /// Which of `maps` the owner has, without listing every pod's where
+    /// the backend can look them up (see the WIT `port-mappings-of`). By
+    /// default those of them [`Firewall::list`] finds.
+    fn port_mappings_of(
+        &mut self,
+        owner: &Owner,
+        maps: &[PortMapping],
+    ) -> Result<Vec<PortMapping>> {
+        let have = self.list(owner, RuleKind::PortMappings)?.port_mappings;
+        Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect())
+    }
     /// The owner's masquerading of the pod addresses `pods`, without
     /// listing every pod's (what CHECK asks). By default, and with no
     /// addresses, the owner's masquerading as [`Firewall::list`] finds it.

@@ -92,5 +92,15 @@ pub trait Kernel {
     }
     /// The owner's rules of `kind` in every backend.
     fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
+    /// Which of `maps` the owner has in any backend (see the WIT
+    /// `port-mappings-of`).
+    fn fw_port_mappings_of(
+        &mut self,
+        owner: &Owner,
+        maps: &[PortMapping],
+    ) -> Result<Vec<PortMapping>> {
+        let have = self.fw_list(owner, RuleKind::PortMappings)?.port_mappings;
+        Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect())
+    }
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()>;
 }

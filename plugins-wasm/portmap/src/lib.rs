@@ -16,7 +16,8 @@
 //! (the runtime passes the same ones as to ADD), or, without those, by
 //! reading every pod's.
 //! CHECK: the host still has every rule ADD asked for (a no-op without
-//! mappings). A pod without an IPv6 address has no IPv6 rules to check.
+//! mappings), looked up by key. A pod without an IPv6 address has no IPv6
+//! rules to check.
 //! GC: removes the port mappings of attachments no longer valid.
 //!
 //! The host fills in the rules' owner (network, container ID, interface), so
@@ -89,8 +90,8 @@ impl Plugin for Portmap {
         if want.is_empty() {
             return Ok(());
         }
-        let owned = firewall::list(RuleKind::PortMappings)?;
-        match rules::missing(&owned.port_mappings, &want) {
+        let have = firewall::port_mappings_of(&want)?;
+        match rules::missing(&have, &want) {
             Some(m) => Err(Error::plugin(format!(
                 "port mapping {} is missing",
                 rules::describe(m)

@@ -951,6 +951,33 @@ impl Firewall for Nftables {
         Ok(owned)
     }
 
+    /// Each mapping's element of `hostports_any_*` / `hostports_ip_*`,
+    /// looked up by key; when one is not there as the owner's and the same
+    /// mapping (a mapping with conditions is in `hostports_held_*`), the
+    /// owner's are listed instead.
+    fn port_mappings_of(
+        &mut self,
+        owner: &Owner,
+        maps: &[PortMapping],
+    ) -> Result<Vec<PortMapping>> {
+        let mut found = Vec::with_capacity(maps.len());
+        for m in maps {
+            let (set, probe) = mapping_element(m, "");
+            let have = self
+                .owned_element(owner, set, &probe.key)?
+                .as_ref()
+                .and_then(parse_mapping);
+            match have {
+                Some(have) if have == *m => found.push(have),
+                _ => {
+                    let have = self.list(owner, RuleKind::PortMappings)?.port_mappings;
+                    return Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect());
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Each address's element of `masq_v4` / `masq_v6`, looked up by key.
     fn masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<Vec<Masquerade>> {
         if pods.is_empty() {

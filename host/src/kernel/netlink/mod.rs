@@ -387,6 +387,22 @@ impl Kernel for NetlinkKernel {
         Ok(all)
     }
 
+    fn fw_port_mappings_of(
+        &mut self,
+        owner: &Owner,
+        maps: &[PortMapping],
+    ) -> Result<Vec<PortMapping>> {
+        let mut found: Vec<PortMapping> = Vec::new();
+        for mut fw in firewall::all() {
+            for m in fw.port_mappings_of(owner, maps)? {
+                if !found.contains(&m) {
+                    found.push(m);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()> {
         firewall::each(|fw| fw.gc(network, kind, valid))
     }
