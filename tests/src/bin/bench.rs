@@ -1172,7 +1172,10 @@ impl Report {
             "- conflists: cniVersion {CNI_VERSION}, IPv4 host-local {SUBNET} (dataDir in a temp dir), \
              bridge `{BRIDGE}` with isGateway and hairpinMode; portmap with snat and one \
              hostPort per pod (`{BG_PORT}+i`, container port 80); the nftables keys \
-             (`ipMasqBackend`, portmap `backend`) are given to both sides"
+             (`ipMasqBackend`, portmap `backend`) are given to both sides; each side creates \
+             the bridge with its own defaults (ours: a MAC of its own and no multicast \
+             snooping; the reference: the kernel's, snooping on) unless `--mcast-snooping` \
+             sets snooping on both"
         );
         let _ = writeln!(
             w,
