@@ -1529,6 +1529,8 @@ fn main() {
         ));
         sizes.push((format!("reference: all of {}", r.display()), tree_size(r)));
     }
+    // The build just before leaves the machine busy writing it back.
+    settle();
     let mut rss = vec![(
         "ours: bridge ADD (host-local in-process)".to_string(),
         guarded("rss", || peak_rss(&ours, "chain-a")),
