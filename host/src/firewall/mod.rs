@@ -208,6 +208,12 @@ pub fn validate_options(opts: &PortOptions) -> Result<()> {
     Ok(())
 }
 
+/// Those of `maps` that are in `have` (the owner's, as listed), in the
+/// order of `maps`.
+pub fn among(maps: &[PortMapping], have: &[PortMapping]) -> Vec<PortMapping> {
+    maps.iter().filter(|m| have.contains(m)).cloned().collect()
+}
+
 /// One way of keeping the rules.
 pub trait Firewall {
     /// "nftables" or "iptables".
@@ -254,7 +260,7 @@ pub trait Firewall {
         maps: &[PortMapping],
     ) -> Result<Vec<PortMapping>> {
         let have = self.list(owner, RuleKind::PortMappings)?.port_mappings;
-        Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect())
+        Ok(among(maps, &have))
     }
     /// The owner's masquerading of the pod addresses `pods`, without
     /// listing every pod's (what CHECK asks). By default, and with no

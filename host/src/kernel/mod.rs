@@ -100,7 +100,7 @@ pub trait Kernel {
         maps: &[PortMapping],
     ) -> Result<Vec<PortMapping>> {
         let have = self.fw_list(owner, RuleKind::PortMappings)?.port_mappings;
-        Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect())
+        Ok(crate::firewall::among(maps, &have))
     }
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()>;
 }

@@ -96,8 +96,9 @@ pub struct Conf {
     pub mtu: Option<u32>,
     pub hairpin: bool,
     pub promisc: bool,
-    /// `multicastSnooping` (ours): the bridge's IGMP/MLD snooping; unset
-    /// leaves the kernel's setting.
+    /// `multicastSnooping` (ours): the bridge's IGMP/MLD snooping, also set
+    /// on an existing bridge; unset, a bridge created here has none and an
+    /// existing one is left as it is.
     pub multicast_snooping: Option<bool>,
     pub vlan: Option<u16>,
     pub preserve_default_vlan: bool,

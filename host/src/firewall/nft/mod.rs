@@ -37,8 +37,8 @@ use std::net::IpAddr;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    protocol_name, stale, Condition, Firewall, HostPort, Masquerade, MatchField, Owned, Owner,
-    PortMapping, PortOptions, Protocol, RuleKind,
+    among, protocol_name, stale, Condition, Firewall, HostPort, Masquerade, MatchField, Owned,
+    Owner, PortMapping, PortOptions, Protocol, RuleKind,
 };
 use crate::bindings::IpNet;
 use crate::error::{code, Error, Result};
@@ -971,7 +971,7 @@ impl Firewall for Nftables {
                 Some(have) if have == *m => found.push(have),
                 _ => {
                     let have = self.list(owner, RuleKind::PortMappings)?.port_mappings;
-                    return Ok(maps.iter().filter(|m| have.contains(m)).cloned().collect());
+                    return Ok(among(maps, &have));
                 }
             }
         }
