@@ -262,6 +262,26 @@ pub(crate) mod sys {
         call(libc::SYS_membarrier, [MEMBARRIER_CMD_GLOBAL, 0, 0, 0, 0, 0])
     }
 
+    /// The wall-clock time, as a file's modification time is kept.
+    pub fn realtime() -> Option<(i64, i64)> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let r = call(
+            libc::SYS_clock_gettime,
+            [
+                libc::CLOCK_REALTIME as usize,
+                (&mut ts as *mut libc::timespec) as usize,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+        (r == 0).then_some((ts.tv_sec, ts.tv_nsec))
+    }
+
     /// Modification time of the file at `path` (NUL-terminated).
     pub fn mtime(path: &[u8]) -> Option<(i64, i64)> {
         if path.last() != Some(&0) {

@@ -338,15 +338,19 @@ pub struct Conn {
     seq: u32,
     /// A committed transaction deleted something (see [`Drop`]).
     deleted: bool,
+    /// The namespace's freeing marker as this connection's last deleting
+    /// transaction set it.
+    freeing: Option<Freeing>,
 }
 
 /// Closing a netfilter socket waits for nf_tables to free what
 /// transactions deleted: the kernel's release hook flushes the namespace's
-/// deferred destroy work, which waits an RCU grace period (10-15 ms measured
-/// here), whoever deleted, and it does so holding the commit lock that
-/// every transaction, and every network device registered in the
-/// namespace, also takes. The deletions themselves are complete and
-/// visible before that; only the freeing is waited for.
+/// deferred destroy work, and it does so holding the commit lock that every
+/// transaction, and every network device registered in the namespace, also
+/// takes. The deletions themselves are complete and visible before that;
+/// only the freeing is waited for. The destroy work waits an RCU grace
+/// period (5-15 ms measured here) after each deleting transaction, and
+/// while it waits, later deletions queue another run behind it.
 ///
 /// So a socket is closed by a detached process
 /// ([`crate::kernel::detach`]) when something may still be being freed:
@@ -354,157 +358,150 @@ pub struct Conn {
 /// is pending (see [`FREEING_MARKER`]). It waits until the invoking
 /// process has let go of its own reference, then sits out grace periods
 /// without any lock (`membarrier(MEMBARRIER_CMD_GLOBAL)` is a
-/// `synchronize_rcu`) until one passes in which no transaction was committed
-/// (the ruleset's generation did not move), and closes. The destroy work of
-/// every earlier deletion is done by then, so the release hook takes the
-/// lock only for a moment, and neither the next plugin of the chain nor the
-/// next pod's new veth waits for it. Otherwise (most invocations) the socket
+/// `synchronize_rcu`) until two pass in a row in which no transaction
+/// deleted anything (every deleter stamps the marker as it commits), and
+/// closes. A deletion seen before those two is freed by then, even one
+/// whose run queued behind another's, so the release hook takes the lock
+/// only for a moment, and neither the next plugin of the chain nor the
+/// next pod's new veth waits for it. Transactions that only add queue no
+/// destroy work and do not count. Otherwise (most invocations) the socket
 /// is closed at once.
 impl Drop for Conn {
     fn drop(&mut self) {
         let Some(sock) = self.sock.take() else {
             return;
         };
-        let marker = crate::kernel::netns::cookie()
-            .map(|c| std::path::PathBuf::from(format!("{FREEING_MARKER}.{c}")));
-        if self.deleted {
-            let done = marker.as_deref().and_then(mark_pending);
-            release_in_background(sock, done);
-        } else if marker.as_deref().is_some_and(pending) {
-            release_in_background(sock, None);
+        let marker = self
+            .freeing
+            .map(|f| f.marker)
+            .or_else(Marker::of_this_namespace);
+        if self.deleted || marker.is_some_and(|m| ahead(m.stamp())) {
+            release_in_background(sock, marker, self.freeing);
         }
     }
 }
 
 /// With the namespace's cookie appended: while its modification time is
-/// in the future, a freeing may be pending in that namespace. A deleter
-/// sets it [`FREEING_WINDOW`] ahead; its detached close sets it back to the
-/// present when it has closed, unless a later deleter moved it again
-/// (tmpfs: gone at reboot, like the rules).
+/// in the future, a freeing may be pending in that namespace. A deleting
+/// transaction sets it [`FREEING_WINDOW`] ahead; the detached close of
+/// the last one sets it back to the present when it has closed, unless a
+/// later deleter moved it again (tmpfs: gone at reboot, like the rules).
 pub const FREEING_MARKER: &str = "/run/wasm-cni/nft.deleted";
 /// How long a freeing is assumed to last if its detached close never says it
-/// is over: a grace period is 10-30 ms on a small node, and a wrong guess
+/// is over: a grace period is 5-30 ms on a small node, and a wrong guess
 /// costs a detached close.
 const FREEING_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A pending freeing as marked: the marker (NUL-terminated, in a fixed
-/// buffer: a detached close owns nothing to drop), and the time it was set
-/// to.
+/// A namespace's freeing marker, its path NUL-terminated in a fixed
+/// buffer: a detached close owns nothing to drop.
+#[derive(Clone, Copy)]
+struct Marker {
+    path: [u8; 64],
+}
+
+impl Marker {
+    /// The marker of the current network namespace.
+    fn of_this_namespace() -> Option<Marker> {
+        let cookie = crate::kernel::netns::cookie()?;
+        let path = format!("{FREEING_MARKER}.{cookie}");
+        let mut buf = [0u8; 64];
+        // One byte left for the NUL.
+        buf.get_mut(..path.len())
+            .filter(|_| path.len() < 64)?
+            .copy_from_slice(path.as_bytes());
+        Some(Marker { path: buf })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        use std::os::unix::ffi::OsStrExt;
+        let len = self.path.iter().position(|&b| b == 0).unwrap_or(64);
+        std::path::Path::new(std::ffi::OsStr::from_bytes(&self.path[..len]))
+    }
+
+    /// The time the marker holds. Raw system calls only: a detached close
+    /// calls it.
+    fn stamp(&self) -> Option<(i64, i64)> {
+        crate::kernel::detach::sys::mtime(&self.path)
+    }
+}
+
+/// Whether a marker's time is still ahead: a freeing may be pending.
+fn ahead(stamp: Option<(i64, i64)>) -> bool {
+    stamp
+        .zip(crate::kernel::detach::sys::realtime())
+        .is_some_and(|(t, now)| t > now)
+}
+
+/// Whether a marker's time says a deletion came since it read `last`: it
+/// moved, and ahead (a close that is over sets it to the present).
+fn deleted_since(last: Option<(i64, i64)>, now: Option<(i64, i64)>) -> bool {
+    now != last && ahead(now)
+}
+
+/// A pending freeing as marked: the marker and the time it was set to.
 #[derive(Clone, Copy)]
 struct Freeing {
-    path: [u8; 64],
+    marker: Marker,
     until: (i64, i64),
 }
 
-/// Marks a freeing as pending for [`FREEING_WINDOW`], creating the marker
-/// (and its directory) if needed. Best effort: without it, another
-/// invocation's close may wait.
-fn mark_pending(path: &std::path::Path) -> Option<Freeing> {
-    let mut name = [0u8; 64];
-    let bytes = path.as_os_str().as_encoded_bytes();
-    // One byte left for the NUL.
-    name.get_mut(..bytes.len())
-        .filter(|_| bytes.len() < 64)?
-        .copy_from_slice(bytes);
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-    };
-    let file = open()
-        .or_else(|_| {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            open()
-        })
-        .ok()?;
-    let until = std::time::SystemTime::now() + FREEING_WINDOW;
-    file.set_modified(until).ok()?;
-    let since = until.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(Freeing {
-        path: name,
-        until: (since.as_secs() as i64, i64::from(since.subsec_nanos())),
-    })
-}
-
 impl Freeing {
+    /// Marks a freeing in the current namespace as pending for
+    /// [`FREEING_WINDOW`], creating the marker (and its directory) if
+    /// needed. Best effort: without it, another invocation's close may
+    /// wait.
+    fn mark() -> Option<Freeing> {
+        let marker = Marker::of_this_namespace()?;
+        let path = marker.path();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        };
+        let file = open()
+            .or_else(|_| {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open()
+            })
+            .ok()?;
+        let until = std::time::SystemTime::now() + FREEING_WINDOW;
+        file.set_modified(until).ok()?;
+        let since = until.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(Freeing {
+            marker,
+            until: (since.as_secs() as i64, i64::from(since.subsec_nanos())),
+        })
+    }
+
     /// Sets the marker back to the present if it still holds this
     /// freeing's time. Raw system calls only: a detached close calls it.
     fn over(&self) {
-        use crate::kernel::detach::sys;
-        if sys::mtime(&self.path) == Some(self.until) {
-            sys::touch(&self.path);
+        if self.marker.stamp() == Some(self.until) {
+            crate::kernel::detach::sys::touch(&self.marker.path);
         }
     }
 }
 
-/// Whether a freeing marked at `path` may still be pending.
-fn pending(path: &std::path::Path) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t > std::time::SystemTime::now())
-}
-
-/// Most grace periods the detached close waits for a quiet one (5-10 ms
-/// each on a 2-core VM; well inside [`FREEING_WINDOW`]). A close that gives
-/// up holds nf_tables' commit mutex while the pending frees wait for a
-/// grace period, and the next pod's veth registration and batches wait
-/// with it. Pods coming and going every few milliseconds rarely leave a
-/// quiet one, so the close waits longer rather than give up sooner.
+/// Most grace periods the detached close waits (5-10 ms each on a 2-core
+/// VM; well inside [`FREEING_WINDOW`]). A close that gives up holds
+/// nf_tables' commit mutex while the pending frees wait for a grace
+/// period, and the next pod's veth registration and batches wait with it.
 const QUIET_TRIES: usize = 32;
-const NFT_MSG_GETGEN: u16 = 16;
-const NFT_MSG_NEWGEN: u16 = 15;
-/// `NFTA_GEN_ID` (enum nft_gen_attributes).
-const GEN_ID: u16 = 1;
-/// Sequence number of the generation requests of a detached close.
-const GEN_SEQ: u32 = 0x6765_6e00;
-/// Length of a generation request: netlink header and `nfgenmsg`.
-const GETGEN_LEN: usize = 20;
-
-/// The ruleset generation in an `NFT_MSG_NEWGEN` answer. Allocates
-/// nothing: a detached close calls it.
-fn gen_id(reply: &[u8]) -> Option<u32> {
-    const HEADER: usize = 16 + 4;
-    let kind = u16::from_ne_bytes([*reply.get(4)?, *reply.get(5)?]);
-    if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-        return None;
-    }
-    let mut at = HEADER;
-    while let Some(h) = reply.get(at..at + 4) {
-        let len = u16::from_ne_bytes([h[0], h[1]]) as usize;
-        if len < 4 {
-            return None;
-        }
-        if u16::from_ne_bytes([h[2], h[3]]) & 0x3fff == GEN_ID && len == 8 {
-            let v = reply.get(at + 4..at + 8)?;
-            return Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
-        }
-        at += len.next_multiple_of(4);
-    }
-    None
-}
+/// Grace periods in a row without a deletion before the close: the destroy
+/// work of a deletion seen before them may have queued behind another
+/// run, one grace period, before waiting its own.
+const QUIET_PERIODS: usize = 2;
 
 /// Closes `sock` in a detached process once nothing is left to free, then
-/// says `done` is over.
-fn release_in_background(sock: Socket, done: Option<Freeing>) {
+/// says `done` is over. `marker` is the namespace's freeing marker.
+fn release_in_background(sock: Socket, marker: Option<Marker>, done: Option<Freeing>) {
     use std::os::fd::AsRawFd;
 
     let Ok((r, w)) = nix::unistd::pipe() else {
-        return;
-    };
-    let request = message(
-        NFNL_SUBSYS_NFTABLES,
-        NFT_MSG_GETGEN,
-        NLM_F_REQUEST,
-        GEN_SEQ,
-        0,
-        0,
-        &[],
-    );
-    let Ok(request) = <[u8; GETGEN_LEN]>::try_from(request) else {
         return;
     };
     let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
@@ -513,25 +510,22 @@ fn release_in_background(sock: Socket, done: Option<Freeing>) {
         let mut b = [0u8; 1];
         // Returns at EOF: every write end (this process's) is closed.
         while sys::read(rfd, &mut b) > 0 {}
-        let generation = || {
-            let mut buf = [0u8; 256];
-            if sys::send(fd, &request, 0) < 0 {
-                return None;
-            }
-            let n = sys::recv(fd, &mut buf);
-            gen_id(buf.get(..usize::try_from(n).ok()?)?)
-        };
-        // The grace period this process's own deletion waits for.
-        sys::membarrier_global();
-        let mut last = generation();
+        let stamp = || marker.and_then(|m| m.stamp());
+        let mut last = stamp();
+        let mut quiet = 0;
         for _ in 0..QUIET_TRIES {
             // Unsupported (EINVAL under nohz_full, ENOSYS): close at once.
             if sys::membarrier_global() != 0 {
                 break;
             }
-            let now = generation();
-            if now.is_none() || now == last {
-                break;
+            let now = stamp();
+            if deleted_since(last, now) {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet == QUIET_PERIODS {
+                    break;
+                }
             }
             last = now;
         }
@@ -556,6 +550,7 @@ impl Conn {
             sock: Some(sock),
             seq,
             deleted: false,
+            freeing: None,
         })
     }
 
@@ -623,7 +618,10 @@ impl Conn {
             }
         }
         if first.is_none() && batch.deletes() {
+            // Stamped now, not at the close: a waiting close elsewhere
+            // must see this deletion while it is being freed.
             self.deleted = true;
+            self.freeing = Freeing::mark();
         }
         first.map_or(Ok(()), Err)
     }
@@ -722,27 +720,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generation_is_read_from_a_newgen_answer() {
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, GEN_ID, &0x0102_0304u32.to_be_bytes());
-        put_attr(&mut attrs, 2, &7u32.to_be_bytes());
-        let reply = message(
-            NFNL_SUBSYS_NFTABLES,
-            NFT_MSG_NEWGEN,
-            0,
-            GEN_SEQ,
-            0,
-            0,
-            &attrs,
-        );
-        assert_eq!(gen_id(&reply), Some(0x0102_0304));
-        // Another message, a cut one, an attribute too short: no generation.
-        let other = message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, 0, 1, 0, 0, &attrs);
-        assert_eq!(gen_id(&other), None);
-        assert_eq!(gen_id(&reply[..22]), None);
-        let mut bad = reply.clone();
-        bad[20] = 2;
-        assert_eq!(gen_id(&bad), None);
+    fn only_a_stamp_moved_ahead_counts_as_a_deletion() {
+        let now = crate::kernel::detach::sys::realtime().expect("clock");
+        let ahead_of_now = (now.0 + 1, now.1);
+        let behind = (now.0 - 1, now.1);
+        // A deleter stamped, the first or a later one.
+        assert!(deleted_since(Some(behind), Some(ahead_of_now)));
+        assert!(deleted_since(None, Some(ahead_of_now)));
+        // Nothing new; a close said its freeing is over; no marker.
+        assert!(!deleted_since(Some(ahead_of_now), Some(ahead_of_now)));
+        assert!(!deleted_since(Some(ahead_of_now), Some(behind)));
+        assert!(!deleted_since(Some(ahead_of_now), None));
     }
 
     #[test]
