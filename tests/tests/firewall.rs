@@ -680,6 +680,56 @@ fn del_removes_every_rule_of_the_pod(b: Backend) {
     }
 }
 
+#[test]
+/// A netfilter socket that deleted something is closed in the background,
+/// once the kernel has freed what it deleted, with the sockets other
+/// invocations of the node handed over meanwhile: when pods have come and
+/// gone, none stays open in the node namespace.
+fn no_netfilter_socket_stays_open_after_pods_come_and_go() {
+    require_root!();
+    let b = Backend::Nftables;
+    let fw = Fw::new(b);
+    let list = fw.list(&Conf::new(b));
+    let caps = port_8080();
+    for id in ["pod-a", "pod-b", "pod-c"] {
+        let (pod, result) = fw.add_pod(&list, id, &caps);
+        fw.driver
+            .check(&list, &pod.att, &caps, &result)
+            .expect("CHECK");
+        fw.driver
+            .del(&list, &pod.att, &caps, Some(&result))
+            .expect("DEL");
+        fw.assert_nothing_of(id);
+    }
+    // A grace period is 5-30 ms; the close waits for a few at most.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let open = netfilter_sockets(&fw.node);
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netfilter sockets still open in the node namespace: {open:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Netfilter netlink sockets of processes in `ns` (`/proc/net/netlink`,
+/// protocol 12; the kernel's own has port id 0).
+fn netfilter_sockets(ns: &Netns) -> Vec<String> {
+    ns.sh("cat /proc/net/netlink")
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"12") && f.get(2).is_some_and(|pid| *pid != "0")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 per_backend!(del_after_the_pod_netns_is_gone_removes_the_rules);
 /// The runtime lost the pod's namespace (a node reboot, a crash): DEL
 /// without CNI_NETNS still removes the pod's masquerade and host ports.

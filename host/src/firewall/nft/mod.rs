@@ -30,6 +30,7 @@
 //! host port taken and lets CHECK read the mapping back.
 
 mod netlink;
+mod release;
 
 use std::fs::{self, OpenOptions};
 use std::net::IpAddr;

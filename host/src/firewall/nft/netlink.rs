@@ -13,6 +13,7 @@ use std::io;
 
 use netlink_sys::Socket;
 
+use super::release;
 use crate::kernel::nfnetlink::{
     self, attrs, message, messages, put_attr, put_nested, put_str, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
@@ -338,205 +339,19 @@ pub struct Conn {
     seq: u32,
     /// A committed transaction deleted something (see [`Drop`]).
     deleted: bool,
-    /// The namespace's freeing marker as this connection's last deleting
-    /// transaction set it.
-    freeing: Option<Freeing>,
+    /// The namespace's freeing marker, once a transaction of this
+    /// connection deleted something and stamped it.
+    marker: Option<release::Marker>,
 }
 
-/// Closing a netfilter socket waits for nf_tables to free what
-/// transactions deleted: the kernel's release hook flushes the namespace's
-/// deferred destroy work, and it does so holding the commit lock that every
-/// transaction, and every network device registered in the namespace, also
-/// takes. The deletions themselves are complete and visible before that;
-/// only the freeing is waited for. The destroy work waits an RCU grace
-/// period (5-15 ms measured here) after each deleting transaction, and
-/// while it waits, later deletions queue another run behind it.
-///
-/// So a socket is closed by a detached process
-/// ([`crate::kernel::detach`]) when something may still be being freed:
-/// when it deleted something itself, or while another invocation's freeing
-/// is pending (see [`FREEING_MARKER`]). It waits until the invoking
-/// process has let go of its own reference, then sits out grace periods
-/// without any lock (`membarrier(MEMBARRIER_CMD_GLOBAL)` is a
-/// `synchronize_rcu`) until two pass in a row in which no transaction
-/// deleted anything (every deleter stamps the marker as it commits), and
-/// closes. A deletion seen before those two is freed by then, even one
-/// whose run queued behind another's, so the release hook takes the lock
-/// only for a moment, and neither the next plugin of the chain nor the
-/// next pod's new veth waits for it. Transactions that only add queue no
-/// destroy work and do not count. Otherwise (most invocations) the socket
-/// is closed at once.
+/// Closed by [`release::release`]: at once, or, while something may
+/// still be being freed, by the namespace's collector.
 impl Drop for Conn {
     fn drop(&mut self) {
-        let Some(sock) = self.sock.take() else {
-            return;
-        };
-        let marker = self
-            .freeing
-            .map(|f| f.marker)
-            .or_else(Marker::of_this_namespace);
-        if self.deleted || marker.is_some_and(|m| ahead(m.stamp())) {
-            release_in_background(sock, marker, self.freeing);
+        if let Some(sock) = self.sock.take() {
+            release::release(sock, self.deleted, self.marker);
         }
     }
-}
-
-/// With the namespace's cookie appended: while its modification time is
-/// in the future, a freeing may be pending in that namespace. A deleting
-/// transaction sets it [`FREEING_WINDOW`] ahead; the detached close of
-/// the last one sets it back to the present when it has closed, unless a
-/// later deleter moved it again (tmpfs: gone at reboot, like the rules).
-pub const FREEING_MARKER: &str = "/run/wasm-cni/nft.deleted";
-/// How long a freeing is assumed to last if its detached close never says it
-/// is over: a grace period is 5-30 ms on a small node, and a wrong guess
-/// costs a detached close.
-const FREEING_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A namespace's freeing marker, its path NUL-terminated in a fixed
-/// buffer: a detached close owns nothing to drop.
-#[derive(Clone, Copy)]
-struct Marker {
-    path: [u8; 64],
-}
-
-impl Marker {
-    /// The marker of the current network namespace.
-    fn of_this_namespace() -> Option<Marker> {
-        let cookie = crate::kernel::netns::cookie()?;
-        let path = format!("{FREEING_MARKER}.{cookie}");
-        let mut buf = [0u8; 64];
-        // One byte left for the NUL.
-        buf.get_mut(..path.len())
-            .filter(|_| path.len() < 64)?
-            .copy_from_slice(path.as_bytes());
-        Some(Marker { path: buf })
-    }
-
-    fn path(&self) -> &std::path::Path {
-        use std::os::unix::ffi::OsStrExt;
-        let len = self.path.iter().position(|&b| b == 0).unwrap_or(64);
-        std::path::Path::new(std::ffi::OsStr::from_bytes(&self.path[..len]))
-    }
-
-    /// The time the marker holds. Raw system calls only: a detached close
-    /// calls it.
-    fn stamp(&self) -> Option<(i64, i64)> {
-        crate::kernel::detach::sys::mtime(&self.path)
-    }
-}
-
-/// Whether a marker's time is still ahead: a freeing may be pending.
-fn ahead(stamp: Option<(i64, i64)>) -> bool {
-    stamp
-        .zip(crate::kernel::detach::sys::realtime())
-        .is_some_and(|(t, now)| t > now)
-}
-
-/// Whether a marker's time says a deletion came since it read `last`: it
-/// moved, and ahead (a close that is over sets it to the present).
-fn deleted_since(last: Option<(i64, i64)>, now: Option<(i64, i64)>) -> bool {
-    now != last && ahead(now)
-}
-
-/// A pending freeing as marked: the marker and the time it was set to.
-#[derive(Clone, Copy)]
-struct Freeing {
-    marker: Marker,
-    until: (i64, i64),
-}
-
-impl Freeing {
-    /// Marks a freeing in the current namespace as pending for
-    /// [`FREEING_WINDOW`], creating the marker (and its directory) if
-    /// needed. Best effort: without it, another invocation's close may
-    /// wait.
-    fn mark() -> Option<Freeing> {
-        let marker = Marker::of_this_namespace()?;
-        let path = marker.path();
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-        };
-        let file = open()
-            .or_else(|_| {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                open()
-            })
-            .ok()?;
-        let until = std::time::SystemTime::now() + FREEING_WINDOW;
-        file.set_modified(until).ok()?;
-        let since = until.duration_since(std::time::UNIX_EPOCH).ok()?;
-        Some(Freeing {
-            marker,
-            until: (since.as_secs() as i64, i64::from(since.subsec_nanos())),
-        })
-    }
-
-    /// Sets the marker back to the present if it still holds this
-    /// freeing's time. Raw system calls only: a detached close calls it.
-    fn over(&self) {
-        if self.marker.stamp() == Some(self.until) {
-            crate::kernel::detach::sys::touch(&self.marker.path);
-        }
-    }
-}
-
-/// Most grace periods the detached close waits (5-10 ms each on a 2-core
-/// VM; well inside [`FREEING_WINDOW`]). A close that gives up holds
-/// nf_tables' commit mutex while the pending frees wait for a grace
-/// period, and the next pod's veth registration and batches wait with it.
-const QUIET_TRIES: usize = 32;
-/// Grace periods in a row without a deletion before the close: the destroy
-/// work of a deletion seen before them may have queued behind another
-/// run, one grace period, before waiting its own.
-const QUIET_PERIODS: usize = 2;
-
-/// Closes `sock` in a detached process once nothing is left to free, then
-/// says `done` is over. `marker` is the namespace's freeing marker.
-fn release_in_background(sock: Socket, marker: Option<Marker>, done: Option<Freeing>) {
-    use std::os::fd::AsRawFd;
-
-    let Ok((r, w)) = nix::unistd::pipe() else {
-        return;
-    };
-    let (fd, rfd) = (sock.as_raw_fd(), r.as_raw_fd());
-    crate::kernel::detach::spawn(&[fd, rfd], move || {
-        use crate::kernel::detach::sys;
-        let mut b = [0u8; 1];
-        // Returns at EOF: every write end (this process's) is closed.
-        while sys::read(rfd, &mut b) > 0 {}
-        let stamp = || marker.and_then(|m| m.stamp());
-        let mut last = stamp();
-        let mut quiet = 0;
-        for _ in 0..QUIET_TRIES {
-            // Unsupported (EINVAL under nohz_full, ENOSYS): close at once.
-            if sys::membarrier_global() != 0 {
-                break;
-            }
-            let now = stamp();
-            if deleted_since(last, now) {
-                quiet = 0;
-            } else {
-                quiet += 1;
-                if quiet == QUIET_PERIODS {
-                    break;
-                }
-            }
-            last = now;
-        }
-        sys::close(fd);
-        if let Some(f) = &done {
-            f.over();
-        }
-    });
-    // Without a detached process, the socket is closed here, and waits.
-    drop(sock);
-    drop(w);
 }
 
 impl Conn {
@@ -550,7 +365,7 @@ impl Conn {
             sock: Some(sock),
             seq,
             deleted: false,
-            freeing: None,
+            marker: None,
         })
     }
 
@@ -621,7 +436,7 @@ impl Conn {
             // Stamped now, not at the close: a waiting close elsewhere
             // must see this deletion while it is being freed.
             self.deleted = true;
-            self.freeing = Freeing::mark();
+            self.marker = release::Marker::stamp_deletion();
         }
         first.map_or(Ok(()), Err)
     }
@@ -718,20 +533,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_stamp_moved_ahead_counts_as_a_deletion() {
-        let now = crate::kernel::detach::sys::realtime().expect("clock");
-        let ahead_of_now = (now.0 + 1, now.1);
-        let behind = (now.0 - 1, now.1);
-        // A deleter stamped, the first or a later one.
-        assert!(deleted_since(Some(behind), Some(ahead_of_now)));
-        assert!(deleted_since(None, Some(ahead_of_now)));
-        // Nothing new; a close said its freeing is over; no marker.
-        assert!(!deleted_since(Some(ahead_of_now), Some(ahead_of_now)));
-        assert!(!deleted_since(Some(ahead_of_now), Some(behind)));
-        assert!(!deleted_since(Some(ahead_of_now), None));
-    }
 
     #[test]
     fn element_round_trips_through_the_wire_layout() {
