@@ -27,9 +27,9 @@
 //! handing a socket over is a connection carrying it (`SCM_RIGHTS`), never
 //! accepted: closing the listener releases the connections and the
 //! sockets in them. The first invocation that finds none becomes it. A
-//! socket is only handed to a collector running as root. Where one cannot
-//! be reached or made, the socket gets a detached close of its own that
-//! waits the same way. Otherwise (most invocations) it is closed at once.
+//! socket is only handed to a collector running as the same user. Where
+//! one cannot be reached or made, the socket gets a detached close of its
+//! own that waits the same way. Otherwise (most invocations) it is closed at once.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
@@ -93,20 +93,7 @@ impl Marker {
     fn stamp(&self) -> Option<(i64, i64)> {
         sys::mtime(&self.path)
     }
-}
 
-/// Whether a marker's time is still ahead: a freeing may be pending.
-fn ahead(stamp: Option<(i64, i64)>) -> bool {
-    stamp.zip(sys::realtime()).is_some_and(|(t, now)| t > now)
-}
-
-/// Whether a marker's time says a deletion came since it read `last`: it
-/// moved, and ahead (a close that is over sets it to the present).
-fn deleted_since(last: Option<(i64, i64)>, now: Option<(i64, i64)>) -> bool {
-    now != last && ahead(now)
-}
-
-impl Marker {
     /// Marks a freeing in the current namespace as pending for
     /// [`FREEING_WINDOW`] (a deleting transaction was committed), creating
     /// the marker (and its directory) if needed, and returns the marker.
@@ -133,6 +120,17 @@ impl Marker {
             .ok()?;
         Some(marker)
     }
+}
+
+/// Whether a marker's time is still ahead: a freeing may be pending.
+fn ahead(stamp: Option<(i64, i64)>) -> bool {
+    stamp.zip(sys::realtime()).is_some_and(|(t, now)| t > now)
+}
+
+/// Whether a marker's time says a deletion came since it read `last`: it
+/// moved, and ahead (a close that is over sets it to the present).
+fn deleted_since(last: Option<(i64, i64)>, now: Option<(i64, i64)>) -> bool {
+    now != last && ahead(now)
 }
 
 /// Closes a netfilter socket of the current namespace: at once, unless it
