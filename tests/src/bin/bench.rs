@@ -21,6 +21,9 @@
 //! directories are deleted when dropped, on panic (unwinding) and, through a
 //! signal thread and a stall watchdog, on Ctrl-C, SIGTERM or a hang.
 
+#[path = "bench/attach.rs"]
+mod attach;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -576,6 +579,8 @@ fn known_issue(msg: &str) -> &'static str {
 struct Log {
     /// (side, chain, op, pods on the node) -> ms
     latency: BTreeMap<(Chain, Side, Op, usize), Vec<f64>>,
+    /// (chain, side, pods on the node) -> ms of the kernel attaching one port
+    attach: BTreeMap<(Chain, Side, usize), Vec<f64>>,
     csv: String,
     notes: Vec<String>,
     /// (chain, side) -> backend description
@@ -708,6 +713,19 @@ fn latency(side: Side, dir: &Path, chain: Chain, opts: &Opts, log: &mut Log) -> 
             side.label(),
             summary.join(", ")
         );
+        match attach::probe(&node.ns, BRIDGE, opts.samples) {
+            Ok(times) => {
+                for (n, &t) in times.iter().enumerate() {
+                    log.sample(who, "attach", level, n, t);
+                }
+                log.attach.insert((chain, side, level), times);
+            }
+            Err(e) => log.note(format!(
+                "chain {} {}: the kernel attach probe failed at {level} pods: {e}",
+                chain.id(),
+                side.label()
+            )),
+        }
         for (op, (n, msg)) in failures {
             log.note(format!(
                 "chain {} {}: {n} of {} sample {} failed at {level} pods (first: {msg}){}",
@@ -1231,6 +1249,8 @@ impl Report {
             let _ = writeln!(w);
         }
 
+        self.render_attach(w, log);
+
         let _ = writeln!(w, "## Parallel ADD (chain C, fresh node)\n");
         let _ = writeln!(
             w,
@@ -1377,6 +1397,80 @@ impl Report {
             let _ = writeln!(w);
         }
         md
+    }
+}
+
+impl Report {
+    /// The kernel's attach request at each level, beside the ADD's growth.
+    fn render_attach(&self, w: &mut String, log: &Log) {
+        if log.attach.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "## The kernel's part: attaching one port to the bridge\n"
+        );
+        let _ = writeln!(
+            w,
+            "One `RTM_SETLINK` with `IFLA_MASTER` of a spare veth (down, as our bridge \
+             attaches its host end), timed from the request to the kernel's \
+             acknowledgement, on each node after its samples and detached again before the \
+             next; median of {} per cell. Every bridge plugin makes this request in each \
+             pod's ADD, and the kernel walks the bridge's ports and forwarding database \
+             in it. Each side's node has that side's bridge (see the conflists above).\n",
+            self.samples
+        );
+        let columns: Vec<(Chain, Side)> = self
+            .chains
+            .iter()
+            .flat_map(|&c| self.sides.iter().map(move |&(s, _)| (c, s)))
+            .collect();
+        let mut head = String::from("| pods on node |");
+        let mut rule = String::from("| ---: |");
+        for (c, s) in &columns {
+            let _ = write!(head, " chain {} {} |", c.id(), s.label());
+            rule.push_str(" ---: |");
+        }
+        let _ = writeln!(w, "{head}\n{rule}");
+        let attach = |c: Chain, s: Side, level: usize| {
+            log.attach.get(&(c, s, level)).and_then(|v| median(v))
+        };
+        for &level in &self.levels {
+            let mut row = format!("| {level} |");
+            for &(c, s) in &columns {
+                let _ = write!(row, " {} |", fmt_ms(attach(c, s, level)));
+            }
+            let _ = writeln!(w, "{row}");
+        }
+        let (Some(&first), Some(&last)) = (self.levels.first(), self.levels.last()) else {
+            return;
+        };
+        let _ = writeln!(w);
+        for &chain in &self.chains {
+            let add = |level| {
+                log.latency
+                    .get(&(chain, Side::Ours, Op::Add, level))
+                    .and_then(|v| median(v))
+            };
+            let (Some(a0), Some(a1), Some(k0), Some(k1)) = (
+                add(first),
+                add(last),
+                attach(chain, Side::Ours, first),
+                attach(chain, Side::Ours, last),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                w,
+                "- chain {}, ours, from {first} to {last} pods: ADD {a0:.2} → {a1:.2} ms \
+                 (+{:.2} ms, {:.2}×); the attach request alone {k0:.2} → {k1:.2} ms (+{:.2} ms)",
+                chain.id(),
+                a1 - a0,
+                a1 / a0,
+                k1 - k0
+            );
+        }
+        let _ = writeln!(w);
     }
 }
 
