@@ -200,18 +200,25 @@ impl Plugin for Bridge {
             result.routes = allocated.routes;
             result.dns = allocated.dns;
             complete(&conf, &mut result);
-            iface::configure(
+            // The container's end comes up before the masquerade, its
+            // addresses after it: bringing it up starts the kernel's
+            // link-watch work for the new bridge port, which holds RTNL for
+            // a time that grows with the bridge's ports. The masquerade
+            // batch does not need RTNL and runs beside it; an address
+            // request right after the link would wait for it.
+            iface::bring_up(
                 &container,
                 &req.ifname,
                 CONTAINER_IF,
                 &result,
                 conf.enable_dad,
             )?;
-            if conf.is_gateway {
-                setup_gateway(&conf, &host, &result)?;
-            }
             if let Some(backend) = conf.ip_masq {
                 nat::add_masquerade(backend, &container_ips(&result))?;
+            }
+            iface::assign(&container, &req.ifname, CONTAINER_IF, &result)?;
+            if conf.is_gateway {
+                setup_gateway(&conf, &host, &result)?;
             }
         } else {
             link::set_up(&container, &req.ifname, true)?;

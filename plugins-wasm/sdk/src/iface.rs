@@ -3,12 +3,11 @@
 
 use crate::netns::Namespace;
 use crate::route::RouteSpec;
-use crate::{addr, link, route, sysctl, CniError, CniResult, Error, IpNetExt};
+use crate::{addr, link, route, sysctl, CniError, CniResult, Error, IpConfig, IpNetExt};
 
 /// Brings `ifname` up with the result's addresses (those whose `interface`
-/// is `index`, or all when unset) and routes. A route without `gw` goes via
-/// the gateway of the address of its family, as the reference plugins do.
-/// Duplicate address detection stays off unless `enable_dad`.
+/// is `index`, or all when unset) and routes: [`bring_up`], then
+/// [`assign`].
 pub fn configure(
     ns: &Namespace,
     ifname: &str,
@@ -16,18 +15,50 @@ pub fn configure(
     result: &CniResult,
     enable_dad: bool,
 ) -> Result<(), CniError> {
-    let ips: Vec<_> = result
+    bring_up(ns, ifname, index, result, enable_dad)?;
+    assign(ns, ifname, index, result)
+}
+
+/// The result's addresses of interface `index` (all when unset).
+fn ips_of(result: &CniResult, index: u32) -> Vec<&IpConfig> {
+    result
         .ips
         .iter()
         .filter(|ip| ip.interface.is_none_or(|i| i == index))
-        .collect();
-    if !enable_dad && ips.iter().any(|ip| !ip.address.is_ipv4()) {
+        .collect()
+}
+
+/// Brings `ifname` up, set for the result's addresses of interface
+/// `index`: duplicate address detection off unless `enable_dad` (when
+/// there are IPv6 ones), and the kernel's gratuitous ARP on a later change
+/// of the link (`arp_notify`).
+pub fn bring_up(
+    ns: &Namespace,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+    enable_dad: bool,
+) -> Result<(), CniError> {
+    if !enable_dad && ips_of(result, index).iter().any(|ip| !ip.address.is_ipv4()) {
         // Address DAD takes a second or more and is pointless on a fresh
         // veth; ignore failure when IPv6 is off in the pod.
         let _ = sysctl::set(ns, &format!("net.ipv6.conf.{ifname}.accept_dad"), "0");
     }
     let _ = sysctl::set(ns, &format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
-    link::set_up(ns, ifname, true).map_err(|e| Error::context(e, format!("set {ifname} up")))?;
+    link::set_up(ns, ifname, true).map_err(|e| Error::context(e, format!("set {ifname} up")))
+}
+
+/// Puts the result's addresses of interface `index` (all when unset) on
+/// `ifname`, which is up, and the result's routes. A route without `gw`
+/// goes via the gateway of the address of its family, as the reference
+/// plugins do.
+pub fn assign(
+    ns: &Namespace,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+) -> Result<(), CniError> {
+    let ips = ips_of(result, index);
     for ip in &ips {
         addr::add(ns, ifname, ip.address)
             .map_err(|e| Error::context(e, format!("add {} to {ifname}", ip.address)))?;
