@@ -108,6 +108,13 @@ impl Netns {
             .is_ok_and(|s| s.success())
     }
 
+    /// Runs `f` on the calling thread inside the namespace, then returns
+    /// the thread to its own: what `f` makes there (a socket) stays in it.
+    pub fn within<T>(&self, f: impl FnOnce() -> T) -> std::io::Result<T> {
+        let _inside = InNetns::enter(&self.path())?;
+        Ok(f())
+    }
+
     /// One ping to `ip` from inside the namespace.
     pub fn ping(&self, ip: &str) -> bool {
         let cmd = if ip.contains(':') { "ping -6" } else { "ping" };

@@ -1398,9 +1398,7 @@ impl Report {
         }
         md
     }
-}
 
-impl Report {
     /// The kernel's attach request at each level, beside the ADD's growth.
     fn render_attach(&self, w: &mut String, log: &Log) {
         if log.attach.is_empty() {
@@ -1463,7 +1461,7 @@ impl Report {
             let _ = writeln!(
                 w,
                 "- chain {}, ours, from {first} to {last} pods: ADD {a0:.2} → {a1:.2} ms \
-                 (+{:.2} ms, {:.2}×); the attach request alone {k0:.2} → {k1:.2} ms (+{:.2} ms)",
+                 ({:+.2} ms, {:.2}×); the attach request alone {k0:.2} → {k1:.2} ms ({:+.2} ms)",
                 chain.id(),
                 a1 - a0,
                 a1 / a0,

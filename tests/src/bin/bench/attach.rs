@@ -7,11 +7,10 @@
 //! promiscuous. Timed in the benchmark's own node, among its pods, so that
 //! the plugins' growth can be set against it.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
     recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
 };
@@ -129,25 +128,19 @@ fn link_index(node: &Netns, name: &str) -> Result<u32, String> {
     }
 }
 
-/// A route netlink socket of `node`'s namespace: made on a thread that
-/// enters it and ends there, since a socket stays in the namespace it was
-/// made in.
+/// A route netlink socket of `node`'s namespace (a socket stays in the
+/// namespace it was made in).
 fn route_socket_in(node: &Netns) -> Result<OwnedFd, String> {
-    let path = node.path();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter {}: {e}", path.display()))?;
+    node.within(|| {
         socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
         )
-        .map_err(|e| format!("route netlink socket: {e}"))
     })
-    .join()
-    .map_err(|_| "the thread making the netlink socket panicked".to_string())?
+    .map_err(|e| format!("enter {}: {e}", node.name()))?
+    .map_err(|e| format!("route netlink socket: {e}"))
 }
 
 /// `ip link set <port> master <master>` (0: nomaster) as one request,
