@@ -1,23 +1,11 @@
 //! Configuring a container interface from an IPAM result: what every
-//! interface-creating plugin does after it has its addresses.
+//! interface-creating plugin does after it has its addresses, in two steps
+//! ([`bring_up`], then [`assign`]) so that a plugin can put work that needs
+//! no RTNL between them.
 
 use crate::netns::Namespace;
 use crate::route::RouteSpec;
 use crate::{addr, link, route, sysctl, CniError, CniResult, Error, IpConfig, IpNetExt};
-
-/// Brings `ifname` up with the result's addresses (those whose `interface`
-/// is `index`, or all when unset) and routes: [`bring_up`], then
-/// [`assign`].
-pub fn configure(
-    ns: &Namespace,
-    ifname: &str,
-    index: u32,
-    result: &CniResult,
-    enable_dad: bool,
-) -> Result<(), CniError> {
-    bring_up(ns, ifname, index, result, enable_dad)?;
-    assign(ns, ifname, index, result)
-}
 
 /// The result's addresses of interface `index` (all when unset).
 fn ips_of(result: &CniResult, index: u32) -> Vec<&IpConfig> {
