@@ -111,15 +111,19 @@ fn masquerade_elements_belong_to_their_owner() {
         .expect("add b again");
         let listing = nft_list();
         assert!(listing.contains("10.77.0.2 comment"), "{listing}");
-        assert!(listing.contains(": jump masq_v4_0a4d0000_24"), "{listing}");
+        assert!(listing.contains("set masq_v4_0a4d0000_24 {"), "{listing}");
         assert!(
-            listing.contains("ip daddr != 10.77.0.0/24 masquerade"),
-            "the subnet's chain: {listing}"
+            listing.contains("ip saddr @masq_v4_0a4d0000_24 ip daddr != 10.77.0.0/24 masquerade"),
+            "the subnet's rule: {listing}"
         );
         assert!(listing.contains("fd77::2 comment"), "{listing}");
         assert!(
-            listing.contains(": jump masq_v6_fd770000000000000000000000000000_64"),
+            listing.contains("set masq_v6_fd770000000000000000000000000000_64 {"),
             "{listing}"
+        );
+        assert!(
+            !listing.contains("jump masq"),
+            "no element jumps: {listing}"
         );
         assert!(listing.contains("net=testnet id=a if=eth0"), "{listing}");
         let owned = fw.list(&a, RuleKind::Masquerade).expect("list");
@@ -165,15 +169,15 @@ fn port_mappings_and_hairpin_elements() {
         assert!(listing.contains(": fd77::2 . 80"), "{listing}");
         assert!(listing.contains("192.0.2.10 . udp . 53"), "{listing}");
         assert!(
-            listing.contains(": jump hpmasq_v4_0a4d0000_24_lo"),
+            listing.contains("set hpmasq_v4_0a4d0000_24_lo {"),
             "hairpin and localhost: {listing}"
         );
         assert!(
-            listing.contains("ip saddr 10.77.0.0/24 masquerade"),
+            listing.contains("ip daddr @hpmasq_v4_0a4d0000_24_lo ip saddr 10.77.0.0/24 masquerade"),
             "hairpin: {listing}"
         );
         assert!(
-            listing.contains("ip saddr 127.0.0.0/8 masquerade"),
+            listing.contains("ip daddr @hpmasq_v4_0a4d0000_24_lo ip saddr 127.0.0.0/8 masquerade"),
             "localhost: {listing}"
         );
         let owned = fw.list(&a, RuleKind::PortMappings).expect("list");
@@ -309,5 +313,144 @@ fn a_thousand_pods_add_no_rules() {
             listing.matches("comment \"wc:").count() >= 1001,
             "elements hold the pods"
         );
+    });
+}
+
+/// The table as the layout before wrote it: pods in verdict maps jumping to
+/// per-subnet chains, one host-port mapping with conditions.
+const VERDICT_LAYOUT: &str = r#"
+table inet wasm_cni {
+  map masq_v4 { type ipv4_addr : verdict; }
+  map masq_v6 { type ipv6_addr : verdict; }
+  map hostports_any_v4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
+  map hostports_any_v6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
+  map hostports_ip_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+  map hostports_ip_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
+  map hostports_held_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags interval; }
+  map hostports_held_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; flags interval; }
+  map hostport_masq_v4 { type ipv4_addr : verdict; }
+  map hostport_masq_v6 { type ipv6_addr : verdict; }
+  chain hostport_masq_all {
+    masquerade
+  }
+  chain hostports_conditional {
+  }
+  chain masq_v4_0a4d0000_24 {
+    ip daddr != 10.77.0.0/24 masquerade
+  }
+  chain hpmasq_v4_0a4d0000_24_lo {
+    ip saddr 10.77.0.0/24 masquerade
+    ip saddr 127.0.0.0/8 masquerade
+  }
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local jump hostports_conditional
+    fib daddr type local meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @hostports_any_v4
+  }
+  chain output {
+    type nat hook output priority -100; policy accept;
+    fib daddr type local meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @hostports_any_v4
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip daddr vmap @hostport_masq_v4
+    ip saddr vmap @masq_v4
+  }
+}
+"#;
+
+fn nft_load(script: &str) {
+    use std::io::Write;
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    nft.stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write");
+    assert!(
+        nft.wait().expect("nft").success(),
+        "nft -f loads:\n{script}"
+    );
+}
+
+/// The text of set `name` in a listing, from its name to its closing brace.
+fn set_text<'a>(listing: &'a str, name: &str) -> &'a str {
+    listing
+        .split(&format!("set {name} {{"))
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_table_of_verdict_maps_is_upgraded_in_place() {
+    let Some(ns) = Netns::new("upgrade") else {
+        return;
+    };
+    ns.run(|| {
+        let (a, b) = (owner("a"), owner("b"));
+        let (ca, cb) = (a.comment(), b.comment());
+        let t = "inet wasm_cni";
+        nft_load(&format!(
+            "{VERDICT_LAYOUT}
+add element {t} masq_v4 {{ 10.77.0.2 comment \"{ca}\" : jump masq_v4_0a4d0000_24 }}
+add element {t} hostport_masq_v4 {{ 10.77.0.2 comment \"{ca}\" : jump hpmasq_v4_0a4d0000_24_lo }}
+add element {t} hostport_masq_v4 {{ 10.77.0.3 comment \"{cb}\" : jump hostport_masq_all }}
+add element {t} hostports_any_v4 {{ tcp . 8080 comment \"{ca}\" : 10.77.0.2 . 80 }}
+add rule {t} hostports_conditional iifname \"eth1\" tcp dport 53 dnat ip to 10.77.0.3:53 comment \"{cb}\"
+"
+        ));
+        let pod_a: IpAddr = "10.77.0.2".parse().expect("ip");
+        let a_masq = [Masquerade {
+            source: net("10.77.0.2/24"),
+        }];
+
+        // Before the first ADD of the new binary, CHECK reads the old maps.
+        let mut fw = Nftables::new();
+        let before = fw.masquerade_of(&a, &[pod_a]).expect("check before");
+        assert_eq!(before, a_masq);
+
+        // The first ADD after the binary is replaced upgrades the table.
+        let c = owner("c");
+        let c_masq = [Masquerade {
+            source: net("10.77.0.4/24"),
+        }];
+        fw.add_masquerade(&c, &c_masq).expect("add c");
+
+        let listing = nft_list();
+        assert!(!listing.contains("vmap"), "no verdict map left: {listing}");
+        assert!(!listing.contains("jump masq_v4"), "{listing}");
+        assert!(!listing.contains("chain hostport_masq_all"), "{listing}");
+        // Every pod keeps its masquerade, under its owner.
+        let after = fw.masquerade_of(&a, &[pod_a]).expect("check after");
+        assert_eq!(after, a_masq);
+        let owned = fw.list(&c, RuleKind::Masquerade).expect("list c");
+        assert_eq!(owned.masquerade, c_masq);
+        let hairpin = set_text(&listing, "hpmasq_v4_0a4d0000_24_lo");
+        assert!(hairpin.contains("10.77.0.2"), "hairpin kept: {listing}");
+        let localhost = "ip daddr @hpmasq_v4_0a4d0000_24_lo ip saddr 127.0.0.0/8 masquerade";
+        assert!(listing.contains(localhost), "{listing}");
+        let all = set_text(&listing, "hostport_masq_all_v4");
+        assert!(all.contains("10.77.0.3"), "masqAll kept: {listing}");
+        // Host ports and rules with conditions are untouched.
+        let maps = fw.list(&a, RuleKind::PortMappings).expect("list ports");
+        assert_eq!(maps.port_mappings.len(), 1);
+        assert!(listing.contains("iifname \"eth1\" tcp dport 53"), "{listing}");
+        assert_eq!(
+            listing.matches("jump hostports_conditional").count(),
+            2,
+            "base chains written once: {listing}"
+        );
+
+        // DEL after the upgrade removes what the pod had before it.
+        fw.remove(&a, RuleKind::Masquerade).expect("remove a");
+        fw.remove(&a, RuleKind::PortMappings).expect("remove a ports");
+        let listing = nft_list();
+        assert!(!listing.contains("10.77.0.2"), "{listing}");
+        assert!(listing.contains("10.77.0.4"), "{listing}");
     });
 }

@@ -287,7 +287,7 @@ impl Fw {
         self.owned(cid)
             .into_iter()
             .filter(|l| match self.backend {
-                Some(Backend::Nftables) => l.starts_with("masq_v4:") || l.starts_with("masq_v6:"),
+                Some(Backend::Nftables) => l.starts_with("masq_v4_") || l.starts_with("masq_v6_"),
                 _ => l.contains("-M ") && l.contains("-j MASQUERADE"),
             })
             .collect()

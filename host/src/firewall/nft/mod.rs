@@ -11,17 +11,22 @@
 //! under a lock, when the first call finds it missing.
 //!
 //! Per-pod state (elements carry the owner's comment):
-//! - `masq_v4` / `_v6`: `pod : jump masq_<subnet>` — egress masqueraded
-//!   unless it stays in the pod's subnet;
+//! - `masq_<subnet>` (a set of pod addresses, one per subnet): egress
+//!   masqueraded unless it stays in the pod's subnet;
 //! - `hostports_any_v4` / `_v6`: `protocol . host port : pod . port` (every
 //!   host address), `hostports_ip_v4` / `_v6`: `host IP . protocol . host
 //!   port : pod . port`;
-//! - `hostport_masq_v4` / `_v6`: `pod : jump hpmasq_<subnets>` (hairpin from
-//!   the pod's subnets, localhost) or `jump hostport_masq_all` (`masqAll`).
+//! - `hpmasq_<subnets>` (a set of pod addresses, one per combination of a
+//!   pod's subnets): its host-port connections masqueraded when they come
+//!   from those subnets (hairpin) or localhost; `hostport_masq_all_v4` /
+//!   `_v6`: all of them (`masqAll`).
 //!
-//! The chains an element jumps to hold one or two rules per subnet (not per
-//! pod); the first pod of a subnet on the node creates them, by `nft`, when
-//! its batch fails for want of them.
+//! A per-subnet set comes with one rule per subnet (not per pod) that reads
+//! it, in chain `pod_egress` or `hostport_masq`; the first pod of a subnet on
+//! the node creates both, by `nft`, when its batch fails for want of the
+//! set. No element carries a verdict: an element that jumps to a chain makes
+//! the kernel validate the whole table at every commit, walking every such
+//! element, which costs more with every pod.
 //!
 //! Host ports with `conditionsV4`/`conditionsV6` cannot share a map (their
 //! conditions differ per pod): each such mapping is one rule in chain
@@ -55,19 +60,22 @@ pub const RULESET: &str = r#"
 table inet wasm_cni {
   comment "wasm-cni: pod masquerade and host ports; per-pod state is in the sets and maps"
 
-  map masq_v4 { type ipv4_addr : verdict; comment "pod address : chain masquerading its egress"; }
-  map masq_v6 { type ipv6_addr : verdict; comment "pod address : chain masquerading its egress"; }
   map hostports_any_v4 { type inet_proto . inet_service : ipv4_addr . inet_service; comment "protocol . host port (every host address) : pod . port"; }
   map hostports_any_v6 { type inet_proto . inet_service : ipv6_addr . inet_service; comment "protocol . host port (every host address) : pod . port"; }
   map hostports_ip_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; comment "host IP . protocol . host port : pod . port"; }
   map hostports_ip_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "host IP . protocol . host port : pod . port"; }
   map hostports_held_v4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags interval; comment "host ports forwarded by rules in hostports_conditional"; }
   map hostports_held_v6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; flags interval; comment "host ports forwarded by rules in hostports_conditional"; }
-  map hostport_masq_v4 { type ipv4_addr : verdict; comment "pod : chain masquerading its host-port connections"; }
-  map hostport_masq_v6 { type ipv6_addr : verdict; comment "pod : chain masquerading its host-port connections"; }
+  set hostport_masq_all_v4 { type ipv4_addr; comment "pods whose host-port connections are all masqueraded (masqAll)"; }
+  set hostport_masq_all_v6 { type ipv6_addr; comment "pods whose host-port connections are all masqueraded (masqAll)"; }
 
-  chain hostport_masq_all {
-    masquerade comment "masqAll: every host-port connection"
+  chain hostport_masq {
+    comment "host-port connections masqueraded: masqAll, and one rule per hpmasq_* set"
+    ip daddr @hostport_masq_all_v4 masquerade comment "masqAll"
+    ip6 daddr @hostport_masq_all_v6 masquerade comment "masqAll"
+  }
+  chain pod_egress {
+    comment "pod egress masqueraded: one rule per masq_* set (subnet)"
   }
   chain hostports_conditional {
     comment "host ports with conditions (conditionsV4/V6): one rule per mapping"
@@ -90,20 +98,23 @@ table inet wasm_cni {
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    ct status dnat ip daddr vmap @hostport_masq_v4 comment "host ports: hairpin, localhost, masqAll"
-    ct status dnat ip6 daddr vmap @hostport_masq_v6 comment "host ports: hairpin, masqAll"
+    ct status dnat jump hostport_masq comment "host ports: hairpin, localhost, masqAll"
     ip daddr 224.0.0.0/4 return comment "multicast keeps its source"
     ip6 daddr ff00::/8 return comment "multicast keeps its source"
-    ip saddr vmap @masq_v4 comment "pod egress"
-    ip6 saddr vmap @masq_v6 comment "pod egress"
+    jump pod_egress comment "pod egress"
   }
 }
 "#;
 
-/// A set of the new layout: when it is missing, the table is (re)written.
-const LAYOUT_PROBE: &str = "hostports_any_v4";
-/// The chain every `masqAll` pod's host-port connections jump to.
-const MASQ_ALL: &str = "hostport_masq_all";
+/// A set of the current layout: when it is missing, the table is upgraded
+/// (see [`Nftables::upgrade`]) or written.
+const LAYOUT_PROBE: &str = "hostport_masq_all_v4";
+/// A set of the layout before, whose per-pod verdict maps are upgraded in
+/// place; a table without it is older still, and replaced.
+const VERDICT_LAYOUT_PROBE: &str = "hostports_any_v4";
+/// The chains holding the rules of the per-subnet sets.
+const EGRESS: &str = "pod_egress";
+const HOSTPORT_MASQ: &str = "hostport_masq";
 
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() {
@@ -200,50 +211,123 @@ fn prefix_name(ip: IpAddr, prefix_len: u8) -> String {
     format!("{hex}_{prefix_len}")
 }
 
-/// The chain a pod's egress jumps to: masquerade unless the destination is
-/// in the pod's subnet. One per subnet on the node.
-fn masq_chain(ip: IpAddr, prefix_len: u8) -> (String, String) {
+/// A set of pod addresses made on demand, and the rules in `chain` that
+/// read it: one per subnet (`masq_*`), one per combination of a pod's
+/// subnets (`hpmasq_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodSet {
+    name: String,
+    v4: bool,
+    comment: String,
+    chain: &'static str,
+    rules: Vec<String>,
+}
+
+impl PodSet {
+    /// The `nft` commands creating the set and its rules.
+    fn script(&self) -> String {
+        let ty = if self.v4 { "ipv4_addr" } else { "ipv6_addr" };
+        let mut s = format!(
+            "add set inet {TABLE} {} {{ type {ty}; comment \"{}\"; }}\n",
+            self.name, self.comment
+        );
+        for rule in &self.rules {
+            s += &format!("add rule inet {TABLE} {} {rule}\n", self.chain);
+        }
+        s
+    }
+}
+
+/// The set of the pods of a subnet whose egress is masqueraded unless the
+/// destination is in the subnet. One per subnet on the node.
+fn masq_set(ip: IpAddr, prefix_len: u8) -> PodSet {
     let (start, _) = range(ip, prefix_len);
     let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
     let name = format!("masq_{}_{}", family(ip), prefix_name(ip, prefix_len));
-    let body = format!(
-        "{fam} daddr != {start}/{prefix_len} masquerade comment \"egress of pods of {start}/{prefix_len}\""
-    );
-    (name, body)
+    let subnet = format!("{start}/{prefix_len}");
+    PodSet {
+        rules: vec![format!(
+            "{fam} saddr @{name} {fam} daddr != {subnet} masquerade comment \"egress of pods of {subnet}\""
+        )],
+        name,
+        v4: ip.is_ipv4(),
+        comment: format!("pods of {subnet}: egress masqueraded"),
+        chain: EGRESS,
+    }
 }
 
-/// The prefix length a `masq_*` chain name ends in.
-fn masq_chain_prefix(name: &str) -> Option<u8> {
+/// The prefix length a `masq_*` set's name ends in.
+fn masq_set_prefix(name: &str) -> Option<u8> {
     name.strip_prefix("masq_")?.rsplit('_').next()?.parse().ok()
 }
 
-/// The chain a pod's host-port connections jump to with `snat`: masquerade
-/// those from its subnets (hairpin) and, for IPv4, from localhost. `None`
-/// when there is nothing to masquerade (IPv6 without a subnet).
-fn hostport_masq_chain(pod: IpAddr, subnets: &[IpNet]) -> Option<(String, String)> {
+/// The set of the pods whose host-port connections with `snat` are
+/// masqueraded when they come from the pod's subnets (hairpin) and, for
+/// IPv4, from localhost. `None` when there is nothing to masquerade (IPv6
+/// without a subnet).
+fn hostport_masq_set(pod: IpAddr, subnets: &[IpNet]) -> Option<PodSet> {
     let fam = if pod.is_ipv4() { "ip" } else { "ip6" };
     let mut name = format!("hpmasq_{}", family(pod));
-    let mut body = String::new();
+    let mut sources = Vec::new();
     for s in subnets.iter().filter(|s| s.ip().is_ipv4() == pod.is_ipv4()) {
         let (start, _) = range(s.ip(), s.prefix_len);
         name += &format!("_{}", prefix_name(s.ip(), s.prefix_len));
-        body += &format!(
-            "{fam} saddr {start}/{len} masquerade comment \"hairpin\"\n",
-            len = s.prefix_len
-        );
+        sources.push((format!("{start}/{}", s.prefix_len), "hairpin"));
     }
     if pod.is_ipv4() {
         name += "_lo";
-        body += "ip saddr 127.0.0.0/8 masquerade comment \"localhost\"\n";
+        sources.push(("127.0.0.0/8".to_string(), "localhost"));
     }
-    (!body.is_empty()).then_some((name, body))
+    let rules: Vec<String> = sources
+        .iter()
+        .map(|(src, why)| {
+            format!("{fam} daddr @{name} {fam} saddr {src} masquerade comment \"{why}\"")
+        })
+        .collect();
+    let comment = format!(
+        "pods whose host-port connections from {} are masqueraded",
+        sources
+            .iter()
+            .map(|(src, _)| src.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    (!rules.is_empty()).then_some(PodSet {
+        name,
+        v4: pod.is_ipv4(),
+        comment,
+        chain: HOSTPORT_MASQ,
+        rules,
+    })
 }
 
-/// A pod address jumping to `chain` (masq_*, hostport_masq_*).
-fn jump_element(pod: IpAddr, chain: &str, comment: &str) -> Element {
+/// The subnets an `hpmasq_v4_*` / `hpmasq_v6_*` name lists (the layout
+/// before named its chains so), for the upgrade.
+fn hostport_masq_subnets(name: &str) -> Option<Vec<IpNet>> {
+    let rest = name
+        .strip_prefix("hpmasq_v4")
+        .or_else(|| name.strip_prefix("hpmasq_v6"))?;
+    let parts: Vec<&str> = rest.split('_').filter(|p| !p.is_empty()).collect();
+    let parts = parts.strip_suffix(&["lo"]).unwrap_or(&parts);
+    let mut subnets = Vec::new();
+    for pair in parts.chunks(2) {
+        let [hex, len] = pair else { return None };
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        subnets.push(IpNet {
+            addr: addr_from(&bytes?)?.into(),
+            prefix_len: len.parse().ok()?,
+        });
+    }
+    Some(subnets)
+}
+
+/// A pod address in one of the sets of pods.
+fn pod_element(pod: IpAddr, comment: &str) -> Element {
     Element {
         key: addr(pod),
-        jump: Some(chain.to_string()),
         comment: comment.to_string(),
         ..Element::default()
     }
@@ -322,44 +406,48 @@ fn parse_mapping(e: &Element) -> Option<PortMapping> {
     })
 }
 
-/// A `pod : jump masq_<subnet>` element back into its masquerade rule.
-fn parse_masquerade(e: &Element) -> Option<Masquerade> {
+/// A pod's element of a `masq_<subnet>` set back into its masquerade rule
+/// (or of the verdict map `masq_v4` of a table not yet upgraded: `pod :
+/// jump masq_<subnet>`).
+fn parse_masquerade(set: &str, e: &Element) -> Option<Masquerade> {
     Some(Masquerade {
         source: IpNet {
             addr: addr_from(&e.key)?.into(),
-            prefix_len: masq_chain_prefix(e.jump.as_deref()?)?,
+            prefix_len: masq_set_prefix(e.jump.as_deref().unwrap_or(set))?,
         },
     })
 }
 
-fn sets_of(kind: RuleKind) -> &'static [&'static str] {
+/// Whether a set of the table holds elements of `kind` (any family).
+fn holds(kind: RuleKind, set: &str) -> bool {
     match kind {
-        RuleKind::Masquerade => &["masq_v4", "masq_v6"],
-        RuleKind::PortMappings => &[
-            "hostports_any_v4",
-            "hostports_any_v6",
-            "hostports_ip_v4",
-            "hostports_ip_v6",
-            "hostports_held_v4",
-            "hostports_held_v6",
-            "hostport_masq_v4",
-            "hostport_masq_v6",
-        ],
+        RuleKind::Masquerade => set.starts_with("masq_"),
+        RuleKind::PortMappings => set.starts_with("hostport") || set.starts_with("hpmasq_"),
     }
 }
 
-/// The sets `list` reads back for CHECK: all but the host-port masquerade
-/// maps, which a mapping does not name.
-fn listed_sets(kind: RuleKind) -> impl Iterator<Item = &'static str> {
-    sets_of(kind)
-        .iter()
-        .copied()
-        .filter(|s| !s.starts_with("hostport_masq"))
+/// Whether a set of the table holds pods whose host-port connections are
+/// masqueraded (the layout before: a verdict map `hostport_masq_v4`).
+fn is_hostport_masq(set: &str) -> bool {
+    set.starts_with("hostport_masq") || set.starts_with("hpmasq_")
+}
+
+/// Whether a set holds the elements of `kind` keyed by the address `pod`:
+/// the sets of pods of its family.
+fn holds_pod(kind: RuleKind, set: &str, pod: IpAddr) -> bool {
+    let fam = family(pod);
+    match kind {
+        RuleKind::Masquerade => set.starts_with(&format!("masq_{fam}")),
+        RuleKind::PortMappings => is_hostport_masq(set) && set.split('_').any(|part| part == fam),
+    }
 }
 
 /// A failed batch as an error naming the set of the failing message.
-fn failure(f: &Failure, sets: &[&str], what: &str) -> Error {
-    let set = f.index.and_then(|i| sets.get(i)).copied().unwrap_or(TABLE);
+fn failure(f: &Failure, sets: &[String], what: &str) -> Error {
+    let set = f
+        .index
+        .and_then(|i| sets.get(i))
+        .map_or(TABLE, String::as_str);
     Error::io(format!("nftables: {what} ({set}): {}", f.describe()))
 }
 
@@ -473,61 +561,146 @@ impl Nftables {
             .ok_or_else(|| Error::io("nftables: no netlink socket"))
     }
 
-    /// Creates the table, and the chains `chains` (name, rules) that are
-    /// missing. Runs when a batch failed with ENOENT, under the lock, so
-    /// parallel first ADDs do not add anything twice. A table of an older
-    /// layout (without [`LAYOUT_PROBE`]) is replaced.
-    fn ensure_table_and_chains(&mut self, chains: &[(String, String)]) -> Result<()> {
+    /// Creates the table, and the sets of pods `sets` that are missing with
+    /// their rules. Runs when a batch failed with ENOENT, under the lock, so
+    /// parallel first ADDs do not add anything twice. A table of the layout
+    /// before is upgraded in place; one older still is replaced.
+    fn ensure_table_and_sets(&mut self, sets: &[PodSet]) -> Result<()> {
         // flock is per open file: taking it again here would wait forever
         // on a lock this call already holds.
         let _lock = match self.locked {
             Some(_) => None,
             None => Some(lock()?),
         };
-        match self.conn()?.elements(TABLE, LAYOUT_PROBE) {
-            Ok(_) => {}
-            Err(f) if f.errno == ENOENT => {
-                // `add table` first, so the delete succeeds when none exists.
-                let script =
-                    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n{RULESET}");
-                nft(&["-f", "-"], &script).map_err(|e| e.context("create the wasm_cni table"))?;
-                tracing::info!("created nftables table inet {TABLE}");
-            }
+        match self.conn()?.set(TABLE, LAYOUT_PROBE) {
+            Ok(()) => {}
+            Err(f) if f.errno == ENOENT => match self.conn()?.set(TABLE, VERDICT_LAYOUT_PROBE) {
+                Ok(()) => self.upgrade()?,
+                Err(f) if f.errno == ENOENT => {
+                    // `add table` first, so the delete succeeds when none exists.
+                    let script =
+                        format!("add table inet {TABLE}\ndelete table inet {TABLE}\n{RULESET}");
+                    nft(&["-f", "-"], &script)
+                        .map_err(|e| e.context("create the wasm_cni table"))?;
+                    tracing::info!("created nftables table inet {TABLE}");
+                }
+                Err(f) => return Err(kernel_error("look for table inet wasm_cni", &f)),
+            },
             Err(f) => return Err(kernel_error("look for table inet wasm_cni", &f)),
         }
         let mut script = String::new();
-        for (name, rules) in chains {
-            match self.conn()?.chain(TABLE, name) {
+        for set in sets {
+            match self.conn()?.set(TABLE, &set.name) {
                 Ok(()) => {}
-                Err(f) if f.errno == ENOENT => {
-                    script += &format!("add chain inet {TABLE} {name}\n");
-                    for rule in rules.lines().filter(|l| !l.trim().is_empty()) {
-                        script += &format!("add rule inet {TABLE} {name} {rule}\n");
-                    }
-                }
-                Err(f) => return Err(kernel_error(&format!("look for chain {name}"), &f)),
+                Err(f) if f.errno == ENOENT => script += &set.script(),
+                Err(f) => return Err(kernel_error(&format!("look for set {}", set.name), &f)),
             }
         }
         if !script.is_empty() {
-            nft(&["-f", "-"], &script).map_err(|e| e.context("create chains"))?;
-            tracing::info!(chains = chains.len(), "created nftables chains");
+            nft(&["-f", "-"], &script).map_err(|e| e.context("create sets of pods"))?;
+            tracing::info!(sets = sets.len(), "created nftables sets of pods");
         }
         Ok(())
     }
 
-    /// Commits `batch` as one transaction. When the table or a chain an
-    /// element jumps to is missing (ENOENT), creates them and commits again.
+    /// Upgrades, in one transaction, a table whose pods are in verdict maps
+    /// (`masq_v4`: `pod : jump masq_<subnet>`, `hostport_masq_v4`: `pod :
+    /// jump hpmasq_<subnets>` or `jump hostport_masq_all`) to sets of pods:
+    /// every pod keeps its masquerade and its owner's comment; host-port
+    /// maps and conditional rules stay as they are.
+    fn upgrade(&mut self) -> Result<()> {
+        let mut sets: Vec<PodSet> = Vec::new();
+        let mut elements = String::new();
+        for map in ["masq_v4", "masq_v6", "hostport_masq_v4", "hostport_masq_v6"] {
+            for e in self.elements(map)? {
+                let (Some(pod), Some(jump)) = (addr_from(&e.key), e.jump.as_deref()) else {
+                    continue;
+                };
+                let comment = e.comment.replace('"', "'");
+                let set = match (map.starts_with("masq_"), jump) {
+                    (true, _) => masq_set_prefix(jump).map(|len| masq_set(pod, len)),
+                    (false, "hostport_masq_all") => {
+                        let name = set_name("hostport_masq_all", pod);
+                        elements += &format!(
+                            "add element inet {TABLE} {name} {{ {pod} comment \"{comment}\" }}\n"
+                        );
+                        continue;
+                    }
+                    (false, _) => {
+                        hostport_masq_subnets(jump).and_then(|s| hostport_masq_set(pod, &s))
+                    }
+                };
+                let Some(set) = set else {
+                    tracing::warn!(
+                        map,
+                        jump,
+                        "upgrade: an element of an unknown chain is dropped"
+                    );
+                    continue;
+                };
+                elements += &format!(
+                    "add element inet {TABLE} {} {{ {pod} comment \"{comment}\" }}\n",
+                    set.name
+                );
+                if !sets.contains(&set) {
+                    sets.push(set);
+                }
+            }
+        }
+        let mut script = String::new();
+        for chain in ["prerouting", "output", "postrouting"] {
+            script += &format!("flush chain inet {TABLE} {chain}\n");
+        }
+        for map in ["masq_v4", "masq_v6", "hostport_masq_v4", "hostport_masq_v6"] {
+            if self.conn()?.set(TABLE, map).is_ok() {
+                script += &format!("delete map inet {TABLE} {map}\n");
+            }
+        }
+        let chains = self
+            .conn()?
+            .chains(TABLE)
+            .map_err(|f| kernel_error("list the chains of table inet wasm_cni", &f))?;
+        for chain in chains.iter().filter(|c| {
+            c.starts_with("masq_") || c.starts_with("hpmasq_") || *c == "hostport_masq_all"
+        }) {
+            script += &format!("delete chain inet {TABLE} {chain}\n");
+        }
+        script += RULESET;
+        for set in &sets {
+            script += &set.script();
+        }
+        script += &elements;
+        nft(&["-f", "-"], &script).map_err(|e| e.context("upgrade the wasm_cni table"))?;
+        tracing::info!(
+            sets = sets.len(),
+            "upgraded nftables table inet {TABLE} to sets of pods"
+        );
+        Ok(())
+    }
+
+    /// Commits `batch` as one transaction. When the table or a set of pods
+    /// is missing (ENOENT), creates them and commits again.
     fn try_commit(
         &mut self,
         batch: &Batch,
-        chains: &[(String, String)],
+        sets: &[PodSet],
     ) -> Result<std::result::Result<(), Failure>> {
         match self.conn()?.commit(batch) {
             Err(f) if f.errno == ENOENT => {
-                self.ensure_table_and_chains(chains)?;
+                self.ensure_table_and_sets(sets)?;
                 Ok(self.conn()?.commit(batch))
             }
             other => Ok(other),
+        }
+    }
+
+    /// The names of the table's sets holding elements of `kind`; none when
+    /// the table does not exist.
+    fn sets_of(&mut self, kind: RuleKind) -> Result<Vec<String>> {
+        match self.conn()?.sets(TABLE) {
+            Ok(v) => Ok(v.into_iter().filter(|s| holds(kind, s)).collect()),
+            Err(f) if f.errno == ENOENT => Ok(Vec::new()),
+            Err(f) => Err(kernel_error("list the sets of table inet wasm_cni", &f)),
         }
     }
 
@@ -616,37 +789,39 @@ impl Nftables {
         }
     }
 
-    /// Each pod address's element in the `prefix` set of its family
-    /// (`masq`, `hostport_masq`), looked up by key, where it is the owner's;
-    /// with the set it is in.
+    /// Each pod address's element in the sets of pods of `kind` of its
+    /// family (`masq_*`; `hpmasq_*` and `hostport_masq_all_*`), looked up by
+    /// key, where it is the owner's; with the set it is in.
     fn owned_of_pods(
         &mut self,
         owner: &Owner,
-        prefix: &str,
+        kind: RuleKind,
         pods: &[IpAddr],
-    ) -> Result<Vec<(&'static str, Element)>> {
+    ) -> Result<Vec<(String, Element)>> {
+        let sets = self.sets_of(kind)?;
         let mut found = Vec::new();
         for &pod in pods {
-            let set = set_name(prefix, pod);
-            if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
-                found.push((set, e));
+            for set in sets.iter().filter(|s| holds_pod(kind, s, pod)) {
+                if let Some(e) = self.owned_element(owner, set, &addr(pod))? {
+                    found.push((set.clone(), e));
+                }
             }
         }
         Ok(found)
     }
 
     /// Adds to `batch` the deletion of the owner's elements of the pod
-    /// addresses in the `prefix` sets (see [`Nftables::owned_of_pods`]).
+    /// addresses (see [`Nftables::owned_of_pods`]).
     fn delete_owned_of_pods(
         &mut self,
         owner: &Owner,
-        prefix: &str,
+        kind: RuleKind,
         pods: &[IpAddr],
         batch: &mut Batch,
-        names: &mut Vec<&'static str>,
+        names: &mut Vec<String>,
     ) -> Result<()> {
-        for (set, e) in self.owned_of_pods(owner, prefix, pods)? {
-            batch.delete(TABLE, set, &e);
+        for (set, e) in self.owned_of_pods(owner, kind, pods)? {
+            batch.delete(TABLE, &set, &e);
             names.push(set);
         }
         Ok(())
@@ -654,7 +829,7 @@ impl Nftables {
 
     /// Commits a batch of deletions (`names`: the set of each); elements
     /// already gone are no error.
-    fn commit_deletions(&mut self, batch: &Batch, names: &[&str]) -> Result<()> {
+    fn commit_deletions(&mut self, batch: &Batch, names: &[String]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -668,11 +843,11 @@ impl Nftables {
     /// mappings the conditional rules of the same owners.
     fn delete_where(&mut self, kind: RuleKind, pick: impl Fn(&str) -> bool) -> Result<()> {
         let mut batch = Batch::new();
-        let mut names: Vec<&str> = Vec::new();
-        for set in sets_of(kind) {
-            for e in self.elements(set)?.iter().filter(|e| pick(&e.comment)) {
-                batch.delete(TABLE, set, e);
-                names.push(set);
+        let mut names: Vec<String> = Vec::new();
+        for set in self.sets_of(kind)? {
+            for e in self.elements(&set)?.iter().filter(|e| pick(&e.comment)) {
+                batch.delete(TABLE, &set, e);
+                names.push(set.clone());
             }
         }
         if kind == RuleKind::PortMappings {
@@ -683,7 +858,7 @@ impl Nftables {
             };
             for r in rules.iter().filter(|r| pick(&r.comment)) {
                 batch.delete_rule(TABLE, CONDITIONAL, r.handle);
-                names.push(CONDITIONAL);
+                names.push(CONDITIONAL.to_string());
             }
         }
         if batch.is_empty() {
@@ -709,13 +884,13 @@ impl Nftables {
         let mut names = Vec::new();
         for (set, e) in &adds.plain {
             first.add(TABLE, set, e);
-            names.push(*set);
+            names.push(set.clone());
         }
         for (set, e) in &adds.owned {
             first.add_new(TABLE, set, e);
-            names.push(*set);
+            names.push(set.clone());
         }
-        match self.try_commit(&first, &adds.chains)? {
+        match self.try_commit(&first, &adds.sets)? {
             Err(f) if f.errno == EEXIST => {}
             other => return Ok(other.map_err(|f| (f.errno, failure(&f, &names, &adds.what)))),
         }
@@ -723,28 +898,28 @@ impl Nftables {
         let mut names = Vec::new();
         for (set, e) in &adds.plain {
             again.add(TABLE, set, e);
-            names.push(*set);
+            names.push(set.clone());
         }
         for (set, e) in &adds.owned {
             again.add(TABLE, set, e);
             again.delete(TABLE, set, e);
             again.add(TABLE, set, e);
-            names.extend([*set, *set, *set]);
+            names.extend([set.clone(), set.clone(), set.clone()]);
         }
         Ok(self
-            .try_commit(&again, &adds.chains)?
+            .try_commit(&again, &adds.sets)?
             .map_err(|f| (f.errno, failure(&f, &names, &adds.what))))
     }
 }
 
 /// The elements of one call: `plain` ones added as they are, `owned` ones
 /// (keyed by a pod address) taken over from an earlier owner if need be,
-/// and the chains (name, rules) the elements jump to.
+/// and the sets of pods they go to, made if missing.
 struct Additions {
     what: String,
-    plain: Vec<(&'static str, Element)>,
-    owned: Vec<(&'static str, Element)>,
-    chains: Vec<(String, String)>,
+    plain: Vec<(String, Element)>,
+    owned: Vec<(String, Element)>,
+    sets: Vec<PodSet>,
 }
 
 impl Additions {
@@ -753,30 +928,35 @@ impl Additions {
             what: what.to_string(),
             plain: Vec::new(),
             owned: Vec::new(),
-            chains: Vec::new(),
+            sets: Vec::new(),
         }
     }
 
-    fn jump(&mut self, set: &'static str, pod: IpAddr, chain: (String, String), comment: &str) {
-        self.owned.push((set, jump_element(pod, &chain.0, comment)));
-        if !self.chains.iter().any(|(n, _)| *n == chain.0) {
-            self.chains.push(chain);
+    /// `pod` into the set named `set`, one of the table's own.
+    fn pod(&mut self, set: &str, pod: IpAddr, comment: &str) {
+        self.owned
+            .push((set.to_string(), pod_element(pod, comment)));
+    }
+
+    /// `pod` into `set`, which is made if missing.
+    fn pod_in(&mut self, set: PodSet, pod: IpAddr, comment: &str) {
+        self.pod(&set.name, pod, comment);
+        if !self.sets.contains(&set) {
+            self.sets.push(set);
         }
     }
 }
 
 fn set_name(prefix: &str, ip: IpAddr) -> &'static str {
     match (prefix, ip.is_ipv4()) {
-        ("masq", true) => "masq_v4",
-        ("masq", false) => "masq_v6",
         ("hostports_any", true) => "hostports_any_v4",
         ("hostports_any", false) => "hostports_any_v6",
         ("hostports_ip", true) => "hostports_ip_v4",
         ("hostports_ip", false) => "hostports_ip_v6",
         ("hostports_held", true) => "hostports_held_v4",
         ("hostports_held", false) => "hostports_held_v6",
-        (_, true) => "hostport_masq_v4",
-        (_, false) => "hostport_masq_v6",
+        (_, true) => "hostport_masq_all_v4",
+        (_, false) => "hostport_masq_all_v6",
     }
 }
 
@@ -790,12 +970,7 @@ impl Firewall for Nftables {
         let mut adds = Additions::new("add masquerade");
         for r in rules {
             let ip = r.source.ip();
-            adds.jump(
-                set_name("masq", ip),
-                ip,
-                masq_chain(ip, r.source.prefix_len),
-                &c,
-            );
+            adds.pod_in(masq_set(ip, r.source.prefix_len), ip, &c);
         }
         self.add_all(&adds)?.map_err(|(_, e)| e)
     }
@@ -818,23 +993,25 @@ impl Firewall for Nftables {
                 &opts.conditions_v6
             };
             if conditions.is_empty() {
-                adds.plain.push(mapping_element(m, &c));
+                let (set, e) = mapping_element(m, &c);
+                adds.plain.push((set.to_string(), e));
             } else {
                 rules += &conditional_rule(m, conditions, &c);
-                adds.plain
-                    .push((set_name("hostports_held", pod), held_element(m, &c)));
+                adds.plain.push((
+                    set_name("hostports_held", pod).to_string(),
+                    held_element(m, &c),
+                ));
             }
             if !pods.contains(&pod) {
                 pods.push(pod);
             }
         }
         for pod in pods {
-            let set = set_name("hostport_masq", pod);
             if opts.masq_all {
-                adds.jump(set, pod, (MASQ_ALL.to_string(), String::new()), &c);
+                adds.pod(set_name("hostport_masq_all", pod), pod, &c);
             } else if opts.snat {
-                if let Some(chain) = hostport_masq_chain(pod, &opts.subnets) {
-                    adds.jump(set, pod, chain, &c);
+                if let Some(set) = hostport_masq_set(pod, &opts.subnets) {
+                    adds.pod_in(set, pod, &c);
                 }
             }
         }
@@ -876,21 +1053,21 @@ impl Firewall for Nftables {
         self.delete_where(kind, |c| owner.owns(c))
     }
 
-    /// Each address's element of `masq_v4` / `masq_v6`, looked up by key
-    /// and deleted when it is the owner's.
+    /// Each address's element of the `masq_*` sets of its family, looked
+    /// up by key and deleted when it is the owner's.
     fn remove_masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<()> {
         if pods.is_empty() {
             return self.remove(owner, RuleKind::Masquerade);
         }
         let mut batch = Batch::new();
         let mut names = Vec::new();
-        self.delete_owned_of_pods(owner, "masq", pods, &mut batch, &mut names)?;
+        self.delete_owned_of_pods(owner, RuleKind::Masquerade, pods, &mut batch, &mut names)?;
         self.commit_deletions(&batch, &names)
     }
 
     /// Each port's elements of `hostports_ip_*` (with a host IP) or
     /// `hostports_any_*` (one per pod address family), and each address's
-    /// of `hostport_masq_*`, looked up by key and deleted. A port whose
+    /// of the host-port masquerade sets, looked up by key and deleted. A port whose
     /// elements are not all found as the owner's (a mapping with
     /// conditions, one already gone, one the runtime did not pass to ADD)
     /// means the keys do not tell everything: the owner's are listed then.
@@ -922,13 +1099,13 @@ impl Firewall for Nftables {
                 match self.owned_element(owner, set, &key)? {
                     Some(e) => {
                         batch.delete(TABLE, set, &e);
-                        names.push(set);
+                        names.push(set.to_string());
                     }
                     None => return self.remove(owner, RuleKind::PortMappings),
                 }
             }
         }
-        self.delete_owned_of_pods(owner, "hostport_masq", pods, &mut batch, &mut names)?;
+        self.delete_owned_of_pods(owner, RuleKind::PortMappings, pods, &mut batch, &mut names)?;
         self.commit_deletions(&batch, &names)
     }
 
@@ -937,14 +1114,19 @@ impl Firewall for Nftables {
             masquerade: vec![],
             port_mappings: vec![],
         };
-        for set in listed_sets(kind) {
+        // The host-port masquerade sets are not read back: a mapping does
+        // not name them.
+        for set in self.sets_of(kind)? {
+            if is_hostport_masq(&set) {
+                continue;
+            }
             for e in self
-                .elements(set)?
+                .elements(&set)?
                 .iter()
                 .filter(|e| owner.owns(&e.comment))
             {
                 match kind {
-                    RuleKind::Masquerade => owned.masquerade.extend(parse_masquerade(e)),
+                    RuleKind::Masquerade => owned.masquerade.extend(parse_masquerade(&set, e)),
                     RuleKind::PortMappings => owned.port_mappings.extend(parse_mapping(e)),
                 }
             }
@@ -979,15 +1161,16 @@ impl Firewall for Nftables {
         Ok(found)
     }
 
-    /// Each address's element of `masq_v4` / `masq_v6`, looked up by key.
+    /// Each address's element of the `masq_*` sets of its family, looked
+    /// up by key.
     fn masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<Vec<Masquerade>> {
         if pods.is_empty() {
             return Ok(self.list(owner, RuleKind::Masquerade)?.masquerade);
         }
-        let found = self.owned_of_pods(owner, "masq", pods)?;
+        let found = self.owned_of_pods(owner, RuleKind::Masquerade, pods)?;
         Ok(found
             .iter()
-            .filter_map(|(_, e)| parse_masquerade(e))
+            .filter_map(|(set, e)| parse_masquerade(set, e))
             .collect())
     }
 
@@ -1047,20 +1230,30 @@ mod tests {
     }
 
     #[test]
-    fn masquerade_jumps_to_its_subnets_chain() {
-        let (name, rule) = masq_chain(ip("10.88.0.7"), 16);
-        assert_eq!(name, "masq_v4_0a580000_16");
+    fn pods_go_to_their_subnets_set() {
+        let set = masq_set(ip("10.88.0.7"), 16);
+        assert_eq!(set.name, "masq_v4_0a580000_16");
         assert_eq!(
-            rule,
-            "ip daddr != 10.88.0.0/16 masquerade comment \"egress of pods of 10.88.0.0/16\""
+            set.rules,
+            [
+                "ip saddr @masq_v4_0a580000_16 ip daddr != 10.88.0.0/16 masquerade \
+              comment \"egress of pods of 10.88.0.0/16\""
+            ]
         );
-        let e = jump_element(ip("10.88.0.7"), &name, "c");
-        let m = parse_masquerade(&e).unwrap();
+        assert_eq!(set.chain, EGRESS);
+        assert!(set
+            .script()
+            .starts_with("add set inet wasm_cni masq_v4_0a580000_16 { type ipv4_addr;"));
+        let e = pod_element(ip("10.88.0.7"), "c");
+        assert_eq!((&e.data, &e.jump), (&None, &None));
+        let m = parse_masquerade(&set.name, &e).unwrap();
         assert_eq!((m.source.ip(), m.source.prefix_len), (ip("10.88.0.7"), 16));
         assert_eq!(
-            masq_chain(ip("fd00::7"), 64).0,
+            masq_set(ip("fd00::7"), 64).name,
             "masq_v6_fd000000000000000000000000000000_64"
         );
+        // The layout before kept pods in a map named `masq_v4`.
+        assert!(parse_masquerade("masq_v4", &e).is_none());
 
         let subnets = [
             IpNet {
@@ -1072,17 +1265,45 @@ mod tests {
                 prefix_len: 64,
             },
         ];
-        let (name, rules) = hostport_masq_chain(ip("10.88.0.7"), &subnets).unwrap();
-        assert_eq!(name, "hpmasq_v4_0a580000_16_lo");
-        assert_eq!(rules.lines().count(), 2);
-        assert!(rules.contains("ip saddr 127.0.0.0/8 masquerade"));
-        let (name, rules) = hostport_masq_chain(ip("fd00::7"), &subnets).unwrap();
-        assert_eq!(name, "hpmasq_v6_fd000000000000000000000000000000_64");
+        let set = hostport_masq_set(ip("10.88.0.7"), &subnets).unwrap();
+        assert_eq!(set.name, "hpmasq_v4_0a580000_16_lo");
+        assert_eq!(set.chain, HOSTPORT_MASQ);
         assert_eq!(
-            rules.trim(),
-            "ip6 saddr fd00::/64 masquerade comment \"hairpin\""
+            set.rules,
+            [
+                "ip daddr @hpmasq_v4_0a580000_16_lo ip saddr 10.88.0.0/16 masquerade comment \"hairpin\"",
+                "ip daddr @hpmasq_v4_0a580000_16_lo ip saddr 127.0.0.0/8 masquerade comment \"localhost\""
+            ]
         );
-        assert!(hostport_masq_chain(ip("fd00::7"), &subnets[..1]).is_none());
+        let set = hostport_masq_set(ip("fd00::7"), &subnets).unwrap();
+        assert_eq!(set.name, "hpmasq_v6_fd000000000000000000000000000000_64");
+        assert_eq!(set.rules.len(), 1);
+        assert!(hostport_masq_set(ip("fd00::7"), &subnets[..1]).is_none());
+
+        // Names of the layout before read back for the upgrade.
+        let back = hostport_masq_subnets("hpmasq_v4_0a580000_16_lo").unwrap();
+        assert_eq!(back, subnets[..1]);
+        let back = hostport_masq_subnets("hpmasq_v6_fd000000000000000000000000000000_64");
+        assert_eq!(back.unwrap(), subnets[1..]);
+        assert_eq!(hostport_masq_subnets("hpmasq_v4_lo"), Some(vec![]));
+        assert_eq!(hostport_masq_subnets("hpmasq_v4_0a58"), None);
+
+        // Which sets a pod's elements are looked up in.
+        let pod4 = ip("10.88.0.7");
+        assert!(holds_pod(RuleKind::Masquerade, "masq_v4_0a580000_16", pod4));
+        assert!(!holds_pod(RuleKind::Masquerade, "masq_v6_fd00_64", pod4));
+        assert!(holds_pod(
+            RuleKind::PortMappings,
+            "hostport_masq_all_v4",
+            pod4
+        ));
+        assert!(holds_pod(
+            RuleKind::PortMappings,
+            "hpmasq_v4_0a580000_16_lo",
+            pod4
+        ));
+        assert!(!holds_pod(RuleKind::PortMappings, "hostports_any_v4", pod4));
+        assert!(!holds(RuleKind::Masquerade, "hostport_masq_all_v4"));
     }
 
     #[test]

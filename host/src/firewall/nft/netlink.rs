@@ -1,7 +1,8 @@
 //! nf_tables over netlink, for the few messages the backend sends on every
 //! invocation: set elements in and out (one batch, one transaction), set
-//! elements and rules listed, rules deleted by handle. No `nft` process and
-//! no listing of anything but the sets asked for.
+//! elements and rules listed, rules deleted by handle, and the names of the
+//! table's sets and chains. No `nft` process and no listing of anything but
+//! the sets asked for.
 //!
 //! Layout, as the kernel expects it (`include/uapi/linux/netfilter/
 //! nf_tables.h`): every message is nfnetlink framed (see
@@ -29,6 +30,7 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -49,14 +51,14 @@ const ELEM_KEY_END: u16 = 10;
 // enum nft_chain_attributes
 const CHAIN_TABLE: u16 = 1;
 const CHAIN_NAME: u16 = 3;
+// enum nft_set_attributes
+const SET_TABLE: u16 = 1;
+const SET_NAME: u16 = 2;
 // enum nft_data_attributes
 const DATA_VALUE: u16 = 1;
 const DATA_VERDICT: u16 = 2;
 // enum nft_verdict_attributes
-const VERDICT_CODE: u16 = 1;
 const VERDICT_CHAIN: u16 = 2;
-/// `NFT_JUMP`, as the kernel's big-endian verdict code.
-const NFT_JUMP: i32 = -3;
 // enum nft_rule_attributes
 const RULE_TABLE: u16 = 1;
 const RULE_CHAIN: u16 = 2;
@@ -75,7 +77,8 @@ pub struct Element {
     pub key_end: Option<Vec<u8>>,
     /// The mapped value, for maps.
     pub data: Option<Vec<u8>>,
-    /// The chain to jump to, for verdict maps.
+    /// The chain a verdict map's element jumps to: read from tables of an
+    /// earlier layout, never written.
     pub jump: Option<String>,
     pub comment: String,
 }
@@ -159,14 +162,6 @@ fn element_attrs(table: &str, set: &str, e: &Element, with_comment: bool) -> Vec
             }
             if let Some(d) = &e.data {
                 put_data(el, ELEM_DATA, d);
-            }
-            if let Some(chain) = &e.jump {
-                put_nested(el, ELEM_DATA, |d| {
-                    put_nested(d, DATA_VERDICT, |v| {
-                        put_attr(v, VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                        put_str(v, VERDICT_CHAIN, chain);
-                    })
-                });
             }
             if with_comment && !e.comment.is_empty() {
                 put_attr(el, ELEM_USERDATA, &comment_udata(&e.comment));
@@ -318,6 +313,17 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Element>) -> io::Result<()> {
     Ok(())
 }
 
+/// The string attribute `kind` of a dumped payload (a set's or chain's name).
+fn parse_name(payload: &[u8], kind: u16) -> io::Result<Option<String>> {
+    Ok(attrs(payload)?
+        .into_iter()
+        .find(|a| a.kind == kind)
+        .map(|a| {
+            let name = a.value.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        }))
+}
+
 /// The rule of a dumped payload; `None` without a handle.
 fn parse_rule(payload: &[u8]) -> io::Result<Option<Rule>> {
     let mut handle = None;
@@ -466,14 +472,37 @@ impl Conn {
         nfnetlink::dump(sock, seq, request, each).map_err(Failure::io)
     }
 
-    /// Whether `chain` exists: Ok, or `ENOENT` when it or the table is
-    /// missing. (A rule dump of a missing chain is just empty.)
-    pub fn chain(&mut self, table: &str, chain: &str) -> Result<(), Failure> {
+    /// Whether `set` exists: Ok, or `ENOENT` when it or the table is missing.
+    pub fn set(&mut self, table: &str, set: &str) -> Result<(), Failure> {
+        let mut a = Vec::new();
+        put_str(&mut a, SET_TABLE, table);
+        put_str(&mut a, SET_NAME, set);
+        let (seq, msg) = self.get_request(NFT_MSG_GETSET, &a);
+        nfnetlink::call(self.sock()?, seq, &msg).map_err(Failure::io)
+    }
+
+    /// The names of the table's sets and maps (its elements are not listed).
+    pub fn sets(&mut self, table: &str) -> Result<Vec<String>, Failure> {
+        let mut a = Vec::new();
+        put_str(&mut a, SET_TABLE, table);
+        let mut out = Vec::new();
+        self.dump(NFT_MSG_GETSET, &a, |p| {
+            out.extend(parse_name(p, SET_NAME)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The names of the table's chains.
+    pub fn chains(&mut self, table: &str) -> Result<Vec<String>, Failure> {
         let mut a = Vec::new();
         put_str(&mut a, CHAIN_TABLE, table);
-        put_str(&mut a, CHAIN_NAME, chain);
-        let (seq, msg) = self.get_request(NFT_MSG_GETCHAIN, &a);
-        nfnetlink::call(self.sock()?, seq, &msg).map_err(Failure::io)
+        let mut out = Vec::new();
+        self.dump(NFT_MSG_GETCHAIN, &a, |p| {
+            out.extend(parse_name(p, CHAIN_NAME)?);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// The elements of `set`; `ENOENT` when the table or set is missing.
@@ -553,16 +582,24 @@ mod tests {
         let mut out = Vec::new();
         parse_elements(&element_attrs("t", "s", &e, false), &mut out).expect("parses");
         assert_eq!(out[0].comment, "");
-        // A verdict map element: data is a jump to a chain.
-        let v = Element {
-            key: vec![10, 88, 0, 2],
-            jump: Some("masq_v4_0a580000_16".into()),
-            comment: "c".into(),
-            ..Element::default()
-        };
+        // A verdict map element as the kernel lists it: data is a jump.
+        let mut listed = Vec::new();
+        put_str(&mut listed, LIST_TABLE, "t");
+        put_nested(&mut listed, LIST_ELEMENTS, |l| {
+            put_nested(l, LIST_ELEM, |el| {
+                put_data(el, ELEM_KEY, &[10, 88, 0, 2]);
+                put_nested(el, ELEM_DATA, |d| {
+                    put_nested(d, DATA_VERDICT, |v| {
+                        put_attr(v, 1, &(-3i32).to_be_bytes()); // NFT_JUMP
+                        put_str(v, VERDICT_CHAIN, "masq_v4_0a580000_16");
+                    })
+                });
+            })
+        });
         let mut out = Vec::new();
-        parse_elements(&element_attrs("t", "s", &v, true), &mut out).expect("parses");
-        assert_eq!(out, vec![v]);
+        parse_elements(&listed, &mut out).expect("parses");
+        assert_eq!(out[0].jump.as_deref(), Some("masq_v4_0a580000_16"));
+        assert_eq!(out[0].key, [10, 88, 0, 2]);
     }
 
     #[test]
