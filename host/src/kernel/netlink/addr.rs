@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use nix::libc::{EADDRNOTAVAIL, EEXIST};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::Handle;
 
 use super::link::get;
@@ -29,17 +30,26 @@ fn address_of(msg: &AddressMessage) -> Option<IpNet> {
     })
 }
 
-/// The addresses of link `index`, of every family: the kernel filters by
+/// The addresses of link `index`, IPv4 then IPv6: the kernel filters by
 /// link (strict checking, see [`super::connect`]); the filter here only
-/// repeats it.
+/// repeats it. One dump per family: the kernel walks one family's
+/// addresses without RTNL, but takes RTNL for a dump of every family, and
+/// RTNL may be held for a while by the link-watch work of a port just
+/// brought up.
 async fn dump(h: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
-    let mut request = h.address().get().set_link_index_filter(index);
-    request.message_mut().header.index = index;
-    request
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| nl_err(format!("list addresses of link #{index}"), e))
+    let mut all = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = h.address().get().set_link_index_filter(index);
+        request.message_mut().header.index = index;
+        request.message_mut().header.family = family;
+        let found: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("list addresses of link #{index}"), e))?;
+        all.extend(found);
+    }
+    Ok(all)
 }
 
 /// Adds `addr` to link `link`, whose index is `index`.
