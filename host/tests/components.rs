@@ -114,13 +114,14 @@ fn bridge_add_makes_exactly_the_expected_calls_and_result() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("link.set-master {veth} cni0"),
-            &format!("link.set-hairpin {veth} true"),
-            &format!("link.set-up host {veth} true"),
+            // The container's end first, while the host's end is down.
             "sysctl.set container net.ipv4.conf.eth0.arp_notify=1",
             "link.set-up container eth0 true",
             "addr.add container eth0 10.22.0.2/24",
             "route.add container 0.0.0.0/0 via 10.22.0.1 dev eth0",
+            &format!("link.set-master {veth} cni0"),
+            &format!("link.set-hairpin {veth} true"),
+            &format!("link.set-up host {veth} true"),
             "addr.add host cni0 10.22.0.1/24",
             "sysctl.set host net.ipv4.ip_forward=1",
         ])
@@ -186,8 +187,6 @@ fn bridge_add_dual_stack_turns_dad_off_and_forwards_both_families() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("link.set-master {veth} cni0"),
-            &format!("link.set-up host {veth} true"),
             "sysctl.set container net.ipv6.conf.eth0.accept_dad=0",
             "sysctl.set container net.ipv4.conf.eth0.arp_notify=1",
             "link.set-up container eth0 true",
@@ -195,6 +194,8 @@ fn bridge_add_dual_stack_turns_dad_off_and_forwards_both_families() {
             "addr.add container eth0 fd00:22::2/64",
             "route.add container 0.0.0.0/0 via 10.22.0.1 dev eth0",
             "route.add container ::/0 via fd00:22::1 dev eth0",
+            &format!("link.set-master {veth} cni0"),
+            &format!("link.set-up host {veth} true"),
             "addr.add host cni0 10.22.0.1/24",
             "addr.add host cni0 fd00:22::1/64",
             "sysctl.set host net.ipv4.ip_forward=1",
@@ -245,10 +246,10 @@ fn bridge_add_layer2_with_vlan_and_mtu() {
         strings(&[
             "link.ensure-bridge br-l2 mtu=Some(9000) promisc=false vlan-filtering=true",
             &format!("link.create-veth {veth} eth0 mtu=Some(9000)"),
+            "link.set-up container eth0 true",
             &format!("link.set-master {veth} br-l2"),
             &format!("link.set-port-vlan {veth} 100 keep-default=false"),
             &format!("link.set-up host {veth} true"),
-            "link.set-up container eth0 true",
         ])
     );
     assert!(r.ips.is_empty() && r.routes.is_empty());
@@ -446,8 +447,6 @@ fn bridge_add_failing_after_ipam_is_undone_by_the_host() {
         strings(&[
             "link.ensure-bridge cni0 mtu=None promisc=false vlan-filtering=false",
             &format!("link.create-veth {veth} eth0 mtu=Some(1500)"),
-            &format!("link.set-master {veth} cni0"),
-            &format!("link.set-up host {veth} true"),
             "sysctl.set container net.ipv4.conf.eth0.arp_notify=1",
             "link.set-up container eth0 true",
             "addr.add container eth0 10.22.0.2/24",

@@ -3,10 +3,11 @@
 //! plugin does (same keys, same result).
 //!
 //! ADD: ensure the bridge -> veth pair with the container end named
-//! `CNI_IFNAME` -> attach (the host makes a bridge port without IPv6
-//! addresses of its own), hairpin, VLAN -> IPAM ADD -> addresses and routes
-//! in the container -> gateway address on the bridge and IP forwarding ->
-//! with `ipMasq`, masquerade of the container's addresses (host firewall).
+//! `CNI_IFNAME` -> IPAM ADD -> addresses and routes in the container ->
+//! attach (the host makes a bridge port without IPv6 addresses of its own),
+//! hairpin, VLAN -> the host's end up -> with `ipMasq`, masquerade of the
+//! container's addresses (host firewall) -> gateway address on the bridge
+//! and IP forwarding.
 //! DEL, best effort: IPAM DEL, delete the container interface (its peer goes
 //! too), remove the masquerade rules; the first error is returned.
 //! CHECK: the bridge, the veth, the container's addresses and routes and the
@@ -175,14 +176,6 @@ impl Plugin for Bridge {
             },
         )?;
         let host_if = &pair.host.name;
-        link::set_master(host_if, &conf.bridge)?;
-        if conf.hairpin {
-            link::set_hairpin(host_if, true)?;
-        }
-        if let Some(vid) = conf.vlan {
-            link::set_port_vlan(host_if, vid, conf.preserve_default_vlan)?;
-        }
-        link::set_up(&host, host_if, true)?;
 
         let mut result = CniResult {
             interfaces: vec![
@@ -194,42 +187,54 @@ impl Plugin for Bridge {
             routes: vec![],
             dns: None,
         };
+        // The container's end is set up while the host's end is still down:
+        // the link has no carrier yet, and the kernel takes addresses and
+        // routes on it all the same. The host's end comes up last: that
+        // brings the carrier up and starts the kernel's link-watch work for
+        // the new bridge port, which holds RTNL for a time that grows with
+        // the bridge's ports; the requests after it need no RTNL (the
+        // masquerade batch) or only on the node's first pod (the gateway).
         if conf.ipam.is_some() {
             let allocated = ipam::add()?;
             result.ips = allocated.ips;
             result.routes = allocated.routes;
             result.dns = allocated.dns;
             complete(&conf, &mut result);
-            // The container's end comes up before the masquerade, its
-            // addresses after it: bringing it up starts the kernel's
-            // link-watch work for the new bridge port, which holds RTNL for
-            // a time that grows with the bridge's ports. The masquerade
-            // batch does not need RTNL and runs beside it; an address
-            // request right after the link would wait for it.
-            iface::bring_up(
+            iface::configure(
                 &container,
                 &req.ifname,
                 CONTAINER_IF,
                 &result,
                 conf.enable_dad,
             )?;
-            if let Some(backend) = conf.ip_masq {
-                nat::add_masquerade(backend, &container_ips(&result))?;
-            }
-            iface::assign(&container, &req.ifname, CONTAINER_IF, &result)?;
-            if conf.is_gateway {
-                setup_gateway(&conf, &host, &result)?;
-            }
         } else {
             link::set_up(&container, &req.ifname, true)?;
         }
-        if conf.dns.is_some() {
-            result.dns = conf.dns;
+
+        link::set_master(host_if, &conf.bridge)?;
+        if conf.hairpin {
+            link::set_hairpin(host_if, true)?;
+        }
+        if let Some(vid) = conf.vlan {
+            link::set_port_vlan(host_if, vid, conf.preserve_default_vlan)?;
         }
         // The bridge takes a port's MAC when the first one joins: report the
         // MAC it has now.
         if let Some(now) = link::get(&host, &conf.bridge)? {
             result.interfaces[0] = interface(&now, false);
+        }
+        link::set_up(&host, host_if, true)?;
+
+        if conf.ipam.is_some() {
+            if let Some(backend) = conf.ip_masq {
+                nat::add_masquerade(backend, &container_ips(&result))?;
+            }
+            if conf.is_gateway {
+                setup_gateway(&conf, &host, &result)?;
+            }
+        }
+        if conf.dns.is_some() {
+            result.dns = conf.dns;
         }
         Ok(result)
     }

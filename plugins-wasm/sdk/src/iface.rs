@@ -1,7 +1,5 @@
 //! Configuring a container interface from an IPAM result: what every
-//! interface-creating plugin does after it has its addresses, in two steps
-//! ([`bring_up`], then [`assign`]) so that a plugin can put work that needs
-//! no RTNL between them.
+//! interface-creating plugin does after it has its addresses.
 
 use crate::netns::Namespace;
 use crate::route::RouteSpec;
@@ -16,37 +14,30 @@ fn ips_of(result: &CniResult, index: u32) -> Vec<&IpConfig> {
         .collect()
 }
 
-/// Brings `ifname` up, set for the result's addresses of interface
-/// `index`: duplicate address detection off unless `enable_dad` (when
-/// there are IPv6 ones), and the kernel's gratuitous ARP on a later change
-/// of the link (`arp_notify`).
-pub fn bring_up(
+/// Brings `ifname` up with the result's addresses of interface `index`
+/// (all when unset) and the result's routes. A route without `gw` goes via
+/// the gateway of the address of its family, as the reference plugins do.
+/// Duplicate address detection is turned off unless `enable_dad` (when
+/// there are IPv6 addresses), and the kernel's gratuitous ARP on a later
+/// change of the link is on (`arp_notify`).
+///
+/// The link need not have a carrier yet (a veth whose peer is still down):
+/// the kernel takes the addresses and routes all the same.
+pub fn configure(
     ns: &Namespace,
     ifname: &str,
     index: u32,
     result: &CniResult,
     enable_dad: bool,
 ) -> Result<(), CniError> {
-    if !enable_dad && ips_of(result, index).iter().any(|ip| !ip.address.is_ipv4()) {
+    let ips = ips_of(result, index);
+    if !enable_dad && ips.iter().any(|ip| !ip.address.is_ipv4()) {
         // Address DAD takes a second or more and is pointless on a fresh
         // veth; ignore failure when IPv6 is off in the pod.
         let _ = sysctl::set(ns, &format!("net.ipv6.conf.{ifname}.accept_dad"), "0");
     }
     let _ = sysctl::set(ns, &format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
-    link::set_up(ns, ifname, true).map_err(|e| Error::context(e, format!("set {ifname} up")))
-}
-
-/// Puts the result's addresses of interface `index` (all when unset) on
-/// `ifname`, which is up, and the result's routes. A route without `gw`
-/// goes via the gateway of the address of its family, as the reference
-/// plugins do.
-pub fn assign(
-    ns: &Namespace,
-    ifname: &str,
-    index: u32,
-    result: &CniResult,
-) -> Result<(), CniError> {
-    let ips = ips_of(result, index);
+    link::set_up(ns, ifname, true).map_err(|e| Error::context(e, format!("set {ifname} up")))?;
     for ip in &ips {
         addr::add(ns, ifname, ip.address)
             .map_err(|e| Error::context(e, format!("add {} to {ifname}", ip.address)))?;
