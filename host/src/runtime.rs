@@ -93,6 +93,9 @@ impl Runtime {
     }
 
     fn build(dir: PathBuf, limits: Limits, one_shot: bool) -> Result<Arc<Self>> {
+        if one_shot {
+            crate::kernel::detach::exits_soon();
+        }
         let engine = Engine::new(&engine_config()).map_err(|e| wasm_err("create engine", e))?;
         let ticker = engine.weak();
         std::thread::spawn(move || loop {
