@@ -112,6 +112,8 @@ const LAYOUT_PROBE: &str = "hostport_masq_all_v4";
 /// A set of the layout before, whose per-pod verdict maps are upgraded in
 /// place; a table without it is older still, and replaced.
 const VERDICT_LAYOUT_PROBE: &str = "hostports_any_v4";
+/// The per-pod verdict maps of the layout before.
+const VERDICT_MAPS: [&str; 4] = ["masq_v4", "masq_v6", "hostport_masq_v4", "hostport_masq_v6"];
 /// The chains holding the rules of the per-subnet sets.
 const EGRESS: &str = "pod_egress";
 const HOSTPORT_MASQ: &str = "hostport_masq";
@@ -611,26 +613,22 @@ impl Nftables {
     fn upgrade(&mut self) -> Result<()> {
         let mut sets: Vec<PodSet> = Vec::new();
         let mut elements = String::new();
-        for map in ["masq_v4", "masq_v6", "hostport_masq_v4", "hostport_masq_v6"] {
+        for map in VERDICT_MAPS {
             for e in self.elements(map)? {
                 let (Some(pod), Some(jump)) = (addr_from(&e.key), e.jump.as_deref()) else {
                     continue;
                 };
-                let comment = e.comment.replace('"', "'");
-                let set = match (map.starts_with("masq_"), jump) {
-                    (true, _) => masq_set_prefix(jump).map(|len| masq_set(pod, len)),
-                    (false, "hostport_masq_all") => {
-                        let name = set_name("hostport_masq_all", pod);
-                        elements += &format!(
-                            "add element inet {TABLE} {name} {{ {pod} comment \"{comment}\" }}\n"
-                        );
-                        continue;
-                    }
-                    (false, _) => {
-                        hostport_masq_subnets(jump).and_then(|s| hostport_masq_set(pod, &s))
-                    }
+                // The set the pod moves to, and whether it is made here.
+                let target = match (map.starts_with("masq_"), jump) {
+                    (true, _) => masq_set_prefix(jump)
+                        .map(|len| masq_set(pod, len))
+                        .map(Some),
+                    (false, "hostport_masq_all") => Some(None),
+                    (false, _) => hostport_masq_subnets(jump)
+                        .and_then(|s| hostport_masq_set(pod, &s))
+                        .map(Some),
                 };
-                let Some(set) = set else {
+                let Some(made) = target else {
                     tracing::warn!(
                         map,
                         jump,
@@ -638,11 +636,15 @@ impl Nftables {
                     );
                     continue;
                 };
+                let name = match &made {
+                    Some(set) => set.name.clone(),
+                    None => set_name("hostport_masq_all", pod).to_string(),
+                };
                 elements += &format!(
-                    "add element inet {TABLE} {} {{ {pod} comment \"{comment}\" }}\n",
-                    set.name
+                    "add element inet {TABLE} {name} {{ {pod} comment \"{}\" }}\n",
+                    e.comment.replace('"', "'")
                 );
-                if !sets.contains(&set) {
+                if let Some(set) = made.filter(|s| !sets.contains(s)) {
                     sets.push(set);
                 }
             }
@@ -651,7 +653,7 @@ impl Nftables {
         for chain in ["prerouting", "output", "postrouting"] {
             script += &format!("flush chain inet {TABLE} {chain}\n");
         }
-        for map in ["masq_v4", "masq_v6", "hostport_masq_v4", "hostport_masq_v6"] {
+        for map in VERDICT_MAPS {
             if self.conn()?.set(TABLE, map).is_ok() {
                 script += &format!("delete map inet {TABLE} {map}\n");
             }

@@ -483,23 +483,28 @@ impl Conn {
 
     /// The names of the table's sets and maps (its elements are not listed).
     pub fn sets(&mut self, table: &str) -> Result<Vec<String>, Failure> {
-        let mut a = Vec::new();
-        put_str(&mut a, SET_TABLE, table);
-        let mut out = Vec::new();
-        self.dump(NFT_MSG_GETSET, &a, |p| {
-            out.extend(parse_name(p, SET_NAME)?);
-            Ok(())
-        })?;
-        Ok(out)
+        self.names(NFT_MSG_GETSET, SET_TABLE, SET_NAME, table)
     }
 
     /// The names of the table's chains.
     pub fn chains(&mut self, table: &str) -> Result<Vec<String>, Failure> {
+        self.names(NFT_MSG_GETCHAIN, CHAIN_TABLE, CHAIN_NAME, table)
+    }
+
+    /// The names a dump of `cmd` filtered by table (attribute `table_attr`)
+    /// answers with, each in attribute `name_attr`.
+    fn names(
+        &mut self,
+        cmd: u16,
+        table_attr: u16,
+        name_attr: u16,
+        table: &str,
+    ) -> Result<Vec<String>, Failure> {
         let mut a = Vec::new();
-        put_str(&mut a, CHAIN_TABLE, table);
+        put_str(&mut a, table_attr, table);
         let mut out = Vec::new();
-        self.dump(NFT_MSG_GETCHAIN, &a, |p| {
-            out.extend(parse_name(p, CHAIN_NAME)?);
+        self.dump(cmd, &a, |p| {
+            out.extend(parse_name(p, name_attr)?);
             Ok(())
         })?;
         Ok(out)
