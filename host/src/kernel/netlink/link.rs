@@ -413,6 +413,7 @@ pub async fn set_port_vlan(
 
 /// How long a deletion may take to be announced.
 const DELETE_TIMEOUT_MS: i32 = 10_000;
+const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTMGRP_LINK: u32 = 1;
 const NLMSG_ERROR: u16 = 2;
@@ -457,23 +458,31 @@ fn ack_errno(buf: &[u8]) -> Option<i32> {
     (kind == NLMSG_ERROR).then_some(code.wrapping_neg())
 }
 
-/// Whether `buf` (link announcements) says the link with `index` is gone.
-/// Bridge ports are also announced with RTM_DELLINK of family AF_BRIDGE when
-/// they leave the bridge; only the device's own (AF_UNSPEC) counts.
+/// Whether `buf` (link announcements) says the kernel is deleting the link
+/// with `index`: the device's own RTM_DELLINK, or the RTM_NEWLINK that
+/// announces it brought down (`IFF_UP` cleared and among the changed flags),
+/// which is the first thing the kernel does in unregistering a device that
+/// is up, holding RTNL for the rest. Bridge ports are also announced with
+/// RTM_DELLINK of family AF_BRIDGE when they leave the bridge; only the
+/// device's own (AF_UNSPEC) counts, and a change of carrier (which leaves
+/// `IFF_UP` as it was) does not.
 fn announces_deletion(mut buf: &[u8], index: u32) -> bool {
+    const IFF_UP: u32 = 1;
+    let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let len = word(buf, 0) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
         if len < NLMSG_HDRLEN || len > buf.len() {
             return false;
         }
+        // ifinfomsg: family, pad, type, index, flags, change.
         let body = &buf[NLMSG_HDRLEN..len];
-        if kind == RTM_DELLINK
-            && body.len() >= 8
-            && body[0] == 0
-            && u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == index
-        {
-            return true;
+        if body.len() >= 16 && body[0] == 0 && word(body, 4) == index {
+            let (flags, change) = (word(body, 8), word(body, 12));
+            let brought_down = flags & IFF_UP == 0 && change & IFF_UP != 0;
+            if kind == RTM_DELLINK || (kind == RTM_NEWLINK && brought_down) {
+                return true;
+            }
         }
         buf = buf.get((len + 3) & !3..).unwrap_or_default();
     }
@@ -481,13 +490,16 @@ fn announces_deletion(mut buf: &[u8], index: u32) -> bool {
 }
 
 /// Deletes link `index` (`name` for messages) with `socks` opened in its
-/// namespace, and returns once the kernel has announced it deleted: it is
-/// gone from every listing, its addresses and routes with it. The kernel
-/// answers the request itself only after freeing the device, RCU grace
-/// periods later (~20 ms here, most of a DEL); that tail is left to a
-/// detached child (see [`crate::kernel::detach`]) holding the request
-/// socket, so the invocation does not wait for it. A link already gone is
-/// not an error.
+/// namespace, and returns once the kernel announces that it is deleting it
+/// (see [`announces_deletion`]). From then on the kernel holds RTNL until
+/// the link is unregistered, so every later request that makes or changes
+/// a link, an address or a route on the node comes after the whole
+/// deletion; a dump, which takes no lock, may still list the link (down)
+/// for that time. The kernel answers the request itself only after freeing
+/// the device, RCU grace periods later (~20 ms here, most of a DEL); that
+/// tail is left to a detached child (see [`crate::kernel::detach`]) holding
+/// the request socket, so the invocation does not wait for it. A link
+/// already gone is not an error.
 pub fn delete_announced(socks: DeleteSockets, index: u32, name: &str) -> Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -620,13 +632,16 @@ fn answer(errno: i32, name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A netlink message of `kind` with an ifinfomsg of `family` and `index`.
-    fn announcement(kind: u16, family: u8, index: u32) -> Vec<u8> {
+    /// A netlink message of `kind` with an ifinfomsg of `family`, `index`,
+    /// `flags` and `change`.
+    fn announcement(kind: u16, family: u8, index: u32, flags: u32, change: u32) -> Vec<u8> {
         let mut m = vec![0u8; 32];
         m[0..4].copy_from_slice(&32u32.to_ne_bytes());
         m[4..6].copy_from_slice(&kind.to_ne_bytes());
         m[16] = family;
         m[20..24].copy_from_slice(&index.to_ne_bytes());
+        m[24..28].copy_from_slice(&flags.to_ne_bytes());
+        m[28..32].copy_from_slice(&change.to_ne_bytes());
         m
     }
 
@@ -642,17 +657,32 @@ mod tests {
 
     #[test]
     fn only_the_devices_own_deletion_counts() {
-        let bridge_port_left = announcement(RTM_DELLINK, 7, 5);
-        let other_link = announcement(RTM_DELLINK, 0, 6);
-        let new_link = announcement(16, 0, 5);
-        let deleted = announcement(RTM_DELLINK, 0, 5);
-        assert!(!announces_deletion(&bridge_port_left, 5));
-        assert!(!announces_deletion(&other_link, 5));
-        assert!(!announces_deletion(&new_link, 5));
-        let batch = [bridge_port_left, other_link, deleted].concat();
+        const UP: u32 = 1;
+        let bridge_port_left = announcement(RTM_DELLINK, 7, 5, 0, 0);
+        let other_link = announcement(RTM_DELLINK, 0, 6, 0, 0);
+        let other_link_down = announcement(RTM_NEWLINK, 0, 6, 0, UP);
+        let carrier_lost = announcement(RTM_NEWLINK, 0, 5, UP, 0);
+        let still_down = announcement(RTM_NEWLINK, 0, 5, 0, 0);
+        let brought_up = announcement(RTM_NEWLINK, 0, 5, UP, UP);
+        for (what, m) in [
+            ("bridge port left", &bridge_port_left),
+            ("other link", &other_link),
+            ("other link down", &other_link_down),
+            ("carrier lost", &carrier_lost),
+            ("a change of a link already down", &still_down),
+            ("brought up", &brought_up),
+        ] {
+            assert!(!announces_deletion(m, 5), "{what}");
+        }
+        assert!(announces_deletion(
+            &announcement(RTM_NEWLINK, 0, 5, 0, UP),
+            5
+        ));
+        let deleted = announcement(RTM_DELLINK, 0, 5, 0, 0);
+        let batch = [bridge_port_left, other_link, carrier_lost, deleted].concat();
         assert!(announces_deletion(&batch, 5));
         assert!(
-            !announces_deletion(&batch[..40], 5),
+            !announces_deletion(&batch[..100], 5),
             "a cut message is not read"
         );
     }
@@ -683,7 +713,7 @@ mod tests {
         assert_eq!(ack_errno(&ack), Some(0));
         ack[16..20].copy_from_slice(&(-ENODEV).to_ne_bytes());
         assert_eq!(ack_errno(&ack), Some(ENODEV));
-        assert_eq!(ack_errno(&announcement(RTM_DELLINK, 0, 1)), None);
+        assert_eq!(ack_errno(&announcement(RTM_DELLINK, 0, 1, 0, 0)), None);
         assert_eq!(ack_errno(&ack[..10]), None);
         assert!(answer(ENODEV, "x").is_ok());
         assert!(answer(nix::libc::EPERM, "x").is_err());
