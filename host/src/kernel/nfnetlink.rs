@@ -1,7 +1,9 @@
 //! nfnetlink framing shared by the nf_tables backend
 //! (`firewall::nft::netlink`) and conntrack (`kernel::conntrack`): messages
 //! built and taken apart, attributes written and walked, the socket opened,
-//! dumps read to their end, acknowledgements read back as errno.
+//! dumps read to their end, acknowledgements read back as errno. The
+//! message walk and the header constants are plain netlink; the link
+//! deletion (`kernel::netlink::link`) reads route announcements with them.
 //!
 //! Layout (`include/uapi/linux/netlink.h`, `netfilter/nfnetlink.h`): a
 //! message is a 16-byte header (length, type, flags, sequence, port id, in

@@ -15,6 +15,7 @@ use rtnetlink::{
 use super::{errno, nl_err};
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
 use crate::error::{code, Error, Result};
+use crate::kernel::nfnetlink::{self, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 
 pub fn format_mac(bytes: &[u8]) -> String {
     bytes
@@ -416,9 +417,6 @@ const DELETE_TIMEOUT_MS: i32 = 10_000;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTMGRP_LINK: u32 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NLMSG_HDRLEN: usize = 16;
 
 /// The two sockets a deletion uses, both opened in the link's namespace: one
@@ -458,35 +456,33 @@ fn ack_errno(buf: &[u8]) -> Option<i32> {
     (kind == NLMSG_ERROR).then_some(code.wrapping_neg())
 }
 
-/// Whether `buf` (link announcements) says the kernel is deleting the link
+/// Whether `datagram` (link announcements) says the kernel is deleting the link
 /// with `index`: the device's own RTM_DELLINK, or the RTM_NEWLINK that
 /// announces it brought down (`IFF_UP` cleared and among the changed flags),
 /// which is the first thing the kernel does in unregistering a device that
 /// is up, holding RTNL for the rest. Bridge ports are also announced with
 /// RTM_DELLINK of family AF_BRIDGE when they leave the bridge; only the
 /// device's own (AF_UNSPEC) counts, and a change of carrier (which leaves
-/// `IFF_UP` as it was) does not.
-fn announces_deletion(mut buf: &[u8], index: u32) -> bool {
+/// `IFF_UP` as it was) does not. A datagram that is not whole messages says
+/// nothing.
+fn announces_deletion(datagram: &[u8], index: u32) -> bool {
     const IFF_UP: u32 = 1;
-    let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = word(buf, 0) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return false;
-        }
+    let Ok(messages) = nfnetlink::messages(datagram) else {
+        return false;
+    };
+    messages.iter().any(|m| {
         // ifinfomsg: family, pad, type, index, flags, change.
-        let body = &buf[NLMSG_HDRLEN..len];
-        if body.len() >= 16 && body[0] == 0 && word(body, 4) == index {
-            let (flags, change) = (word(body, 8), word(body, 12));
-            let brought_down = flags & IFF_UP == 0 && change & IFF_UP != 0;
-            if kind == RTM_DELLINK || (kind == RTM_NEWLINK && brought_down) {
-                return true;
-            }
-        }
-        buf = buf.get((len + 3) & !3..).unwrap_or_default();
-    }
-    false
+        let Some(body) = m.payload.first_chunk::<16>() else {
+            return false;
+        };
+        let word =
+            |at: usize| u32::from_ne_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+        let (family, flags, change) = (body[0], word(8), word(12));
+        let brought_down = flags & IFF_UP == 0 && change & IFF_UP != 0;
+        family == 0
+            && word(4) == index
+            && (m.kind == RTM_DELLINK || (m.kind == RTM_NEWLINK && brought_down))
+    })
 }
 
 /// Deletes link `index` (`name` for messages) with `socks` opened in its
@@ -682,7 +678,7 @@ mod tests {
         let batch = [bridge_port_left, other_link, carrier_lost, deleted].concat();
         assert!(announces_deletion(&batch, 5));
         assert!(
-            !announces_deletion(&batch[..100], 5),
+            !announces_deletion(&batch[..batch.len() - 4], 5),
             "a cut message is not read"
         );
     }
