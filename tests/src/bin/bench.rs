@@ -14,6 +14,8 @@
 //! --stall 300              give up (and clean up) after this many seconds
 //!                          without progress
 //! --out target/bench       report.md, samples.csv, latency.png
+//! --ours-only              skip the reference plugins (quick runs while
+//!                          working on ours; no side-by-side figures)
 //! ```
 //!
 //! Everything happens inside a node namespace and one namespace per pod; the
@@ -61,6 +63,8 @@ struct Opts {
     /// `mcast_snooping` set on every node's bridge after its first pod;
     /// `None`: the kernel's default (on).
     mcast_snooping: Option<bool>,
+    /// Leave the reference plugins out.
+    ours_only: bool,
 }
 
 impl Opts {
@@ -74,6 +78,7 @@ impl Opts {
             stall: Duration::from_secs(300),
             out: workspace().join("target/bench"),
             mcast_snooping: None,
+            ours_only: false,
         };
         let mut it = args.iter().filter(|a| *a != "--");
         while let Some(flag) = it.next() {
@@ -107,6 +112,7 @@ impl Opts {
                         v => return Err(format!("--mcast-snooping {v}: on or off")),
                     }
                 }
+                "--ours-only" => o.ours_only = true,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown option {other}")),
             }
@@ -125,8 +131,9 @@ impl Opts {
             Some(false) => " --mcast-snooping off",
             None => "",
         };
+        let ours_only = if self.ours_only { " --ours-only" } else { "" };
         format!(
-            "cargo xtask bench -- --levels {} --samples {} --chains {} --threads {} --parallel-pods {}{snooping}",
+            "cargo xtask bench -- --levels {} --samples {} --chains {} --threads {} --parallel-pods {}{snooping}{ours_only}",
             list(&self.levels),
             self.samples,
             self.chains
@@ -141,7 +148,7 @@ impl Opts {
 }
 
 const USAGE: &str = "usage: bench [--levels 1,50,250,1000] [--samples 20] [--chains A,B,C] \
-[--threads 16] [--parallel-pods 256] [--stall SECS] [--out DIR] [--mcast-snooping on|off]";
+[--threads 16] [--parallel-pods 256] [--stall SECS] [--out DIR] [--mcast-snooping on|off] [--ours-only]";
 
 fn workspace() -> PathBuf {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1572,10 +1579,11 @@ fn main() {
     }
 
     let mut log = Log::default();
-    let reference = reference_dir();
+    let reference = reference_dir().filter(|_| !opts.ours_only);
     let mut sides = vec![(Side::Ours, ours.clone())];
     match &reference {
         Some(r) => sides.push((Side::Reference, r.clone())),
+        None if opts.ours_only => log.note("--ours-only: the reference plugins left out".into()),
         None => log.note("reference plugins not found in /usr/lib/cni: only ours measured".into()),
     }
     let (ours_version, ref_version) = versions();
