@@ -19,7 +19,7 @@ use crate::grants::{Grants, Role};
 use crate::kernel::Kernel;
 use crate::state::{HostState, Invocation, Undo};
 
-/// Extension of a component as built (`wasm32-wasip2`).
+/// Extension of a component as built.
 pub const WASM_EXT: &str = "wasm";
 /// Extension of a component precompiled for this host.
 pub const PRECOMPILED_EXT: &str = "cwasm";
@@ -65,7 +65,7 @@ pub struct Runtime {
     dir: PathBuf,
     /// One per role and WASI set, built on first use: an invocation
     /// needs one or two. A second caller waits for the first's build.
-    linkers: [OnceLock<Result<Linker<HostState>>>; 4],
+    linkers: [OnceLock<Result<Linker<HostState>>>; 6],
     limits: Limits,
     /// Components by name, each loaded once; a second caller waits for
     /// the first's load.
@@ -121,7 +121,7 @@ impl Runtime {
             Role::Network => 0,
             Role::Ipam => 1,
         };
-        self.linkers[role_index * 2 + wasi as usize]
+        self.linkers[role_index * 3 + wasi as usize]
             .get_or_init(|| Self::linker(&self.engine, role, wasi).map_err(|e| wasm_err("link", e)))
             .as_ref()
             .map_err(Error::clone)
@@ -134,10 +134,17 @@ impl Runtime {
         type Me = wasmtime::component::HasSelf<HostState>;
         let mut l = Linker::new(engine);
         match wasi {
-            Wasi::Cli => add_wasi_cli(&mut l)?,
-            Wasi::Full => wasmtime_wasi::p2::add_to_linker_sync(&mut l)?,
+            // Nothing that could block, nothing to forbid.
+            Wasi::None => {}
+            Wasi::Cli => {
+                add_wasi_cli(&mut l)?;
+                forbid_blocking(&mut l)?;
+            }
+            Wasi::Full => {
+                wasmtime_wasi::p2::add_to_linker_sync(&mut l)?;
+                forbid_blocking(&mut l)?;
+            }
         }
-        forbid_blocking(&mut l)?;
         cap::types::add_to_linker::<_, Me>(&mut l, |s| s)?;
         cap::log::add_to_linker::<_, Me>(&mut l, |s| s)?;
         match role {
@@ -272,14 +279,17 @@ impl Runtime {
     /// The WASI a component's imports need.
     fn wasi_of(&self, component: &Component) -> Wasi {
         let ty = component.component_type();
-        let mut names = ty.imports(&self.engine).map(|(name, _)| name);
-        if names.any(|n| {
-            n.starts_with("wasi:") && !n.starts_with("wasi:cli/") && !n.starts_with("wasi:io/")
-        }) {
-            Wasi::Full
-        } else {
-            Wasi::Cli
-        }
+        ty.imports(&self.engine)
+            .filter_map(|(name, _)| name.strip_prefix("wasi:"))
+            .map(|n| {
+                if n.starts_with("cli/") || n.starts_with("io/") {
+                    Wasi::Cli
+                } else {
+                    Wasi::Full
+                }
+            })
+            .max()
+            .unwrap_or(Wasi::None)
     }
 
     /// The role a component's imports give it.
@@ -410,7 +420,8 @@ impl Runtime {
 
     /// Starts, on a second thread, what this invocation will need next
     /// while this one loads and runs the plugin: the linker of a network
-    /// plugin (the usual role) and the IPAM component the configuration
+    /// plugin (the usual role, without WASI as the plugins shipped here
+    /// are built) and the IPAM component the configuration
     /// names, with its linker. A bridge ADD then finds host-local loaded
     /// when it asks for an address (0.3 ms off its critical path on this
     /// 2-core machine). Whatever the plugin turns out not to need is
@@ -429,7 +440,7 @@ impl Runtime {
             .name("prepare".into())
             .spawn(move || {
                 let _in = span.enter();
-                let _ = runtime.linker_of(Role::Network, Wasi::Cli);
+                let _ = runtime.linker_of(Role::Network, Wasi::None);
                 if let Some(component) = ipam.and_then(|ipam| runtime.load(&ipam).ok()) {
                     let _ =
                         runtime.linker_of(runtime.role(&component), runtime.wasi_of(&component));
@@ -615,16 +626,20 @@ impl From<Error> for Fault {
     }
 }
 
-/// The WASI a component is linked to. What Rust's standard library
-/// imports (`wasi:cli`, and the `wasi:io` streams under stdio) is linked on
-/// its own: linking all of WASI was most of the cost of building a linker.
-/// A component that imports any other WASI interface gets all of it:
-/// clocks, random, and filesystem and sockets with no directory opened and
-/// no address allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The WASI a component is linked to, the least its imports need: none
+/// for a component that imports none (the plugins shipped here, built
+/// without WASI), which also spares the load and the linker its types and
+/// functions. What Rust's standard library imports on `wasm32-wasip2`
+/// (`wasi:cli`, and the `wasi:io` streams under stdio) is linked on its
+/// own: linking all of WASI was most of the cost of building a linker. A
+/// component that imports any other WASI interface gets all of it: clocks,
+/// random, and filesystem and sockets with no directory opened and no
+/// address allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Wasi {
-    Cli = 0,
-    Full = 1,
+    None = 0,
+    Cli = 1,
+    Full = 2,
 }
 
 /// `wasi:cli` and `wasi:io`, as `wasmtime_wasi::p2::add_to_linker_sync`

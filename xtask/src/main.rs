@@ -1,6 +1,6 @@
 //! Build orchestration: `cargo xtask <command>`.
 //!
-//!   build            guest components (wasm32-wasip2) and the host binary
+//!   build            guest components and the host binary
 //!   install DIR      build, then install into DIR: the `wasm-cni` binary,
 //!                    `wasm/<type>.cwasm` (components precompiled by
 //!                    `wasm-cni-compile`), and one link per plugin type, so
@@ -18,7 +18,14 @@ use std::process::{Command, ExitCode, Stdio};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
+/// What a plugin author builds for: a component that may import WASI (Rust's
+/// standard library imports `wasi:cli` and `wasi:io` there).
 const GUEST_TARGET: &str = "wasm32-wasip2";
+/// The plugins shipped here build as core modules with no WASI and are made
+/// components by `wit-component` from the WIT that `wit-bindgen` embedded:
+/// without WASI's types and functions they load and link faster, and the
+/// host gives them no WASI at all.
+const PLUGIN_TARGET: &str = "wasm32-unknown-unknown";
 const ENTRY: &str = "wasm-cni";
 const COMPILER: &str = "wasm-cni-compile";
 
@@ -44,10 +51,12 @@ fn cargo() -> Command {
 }
 
 /// Guest workspaces: the reference plugins and the example plugin.
-fn guest_workspaces() -> Vec<PathBuf> {
+/// Guest workspaces and the target each builds for: the plugins shipped
+/// here without WASI, the example as a plugin author would build it.
+fn guest_workspaces() -> Vec<(PathBuf, &'static str)> {
     vec![
-        root().join("plugins-wasm"),
-        root().join("examples/route-override"),
+        (root().join("plugins-wasm"), PLUGIN_TARGET),
+        (root().join("examples/route-override"), GUEST_TARGET),
     ]
 }
 
@@ -66,14 +75,20 @@ fn fixtures() -> Result {
 
 fn build_guests() -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
-    for ws in guest_workspaces() {
+    for (ws, target) in guest_workspaces() {
         if !ws.join("Cargo.toml").is_file() {
             continue;
         }
+        if !has_rust_target(target) {
+            return Err(format!(
+                "{}: the {target} target is not installed (`rustup target add {target}`)",
+                ws.display()
+            ));
+        }
         run(cargo()
             .current_dir(&ws)
-            .args(["build", "--release", "--target", GUEST_TARGET]))?;
-        let dir = ws.join("target").join(GUEST_TARGET).join("release");
+            .args(["build", "--release", "--target", target]))?;
+        let dir = ws.join("target").join(target).join("release");
         let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
@@ -81,13 +96,34 @@ fn build_guests() -> Result<Vec<(String, PathBuf)>> {
                 let stem = path
                     .file_stem()
                     .and_then(|s| s.to_str())
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .to_string();
+                let path = if target == PLUGIN_TARGET {
+                    componentize(&path, &dir.join("components"))?
+                } else {
+                    path
+                };
                 out.push((stem.replace('_', "-"), path));
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// Makes the core module at `module` a component, from the WIT its
+/// `wit-bindgen` bindings embedded, into `out_dir`; returns its path.
+fn componentize(module: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let bytes = std::fs::read(module).map_err(|e| format!("{}: {e}", module.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| format!("componentize {}: {e:#}", module.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let name = module.file_name().unwrap_or_default();
+    let path = out_dir.join(name);
+    std::fs::write(&path, component).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// The host's target triple, from `rustc -vV`.
@@ -283,7 +319,7 @@ fn test() -> Result {
     fixtures()?;
     let mut tally = (0, 0);
     let mut res = Ok(());
-    for ws in guest_workspaces() {
+    for (ws, _) in guest_workspaces() {
         if ws.join("Cargo.toml").is_file() && res.is_ok() {
             res = cargo_test(&ws, &[], &[], &mut tally);
         }
@@ -354,13 +390,16 @@ fn lint() -> Result {
     run(cargo().current_dir(root()).args([
         "clippy", "-p", ENTRY, "--bin", ENTRY, "--target", &target, "--", "-D", "warnings",
     ]))?;
-    for ws in guest_workspaces().into_iter().chain([fixture_workspace()]) {
+    for (ws, target) in guest_workspaces()
+        .into_iter()
+        .chain([(fixture_workspace(), GUEST_TARGET)])
+    {
         if ws.join("Cargo.toml").is_file() {
             run(cargo().current_dir(&ws).args(["fmt", "--all", "--check"]))?;
             run(cargo().current_dir(&ws).args([
                 "clippy",
                 "--target",
-                GUEST_TARGET,
+                target,
                 "--all-targets",
                 "--",
                 "-D",
