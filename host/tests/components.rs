@@ -963,3 +963,32 @@ fn firewall_gc_keeps_valid_attachments() {
     run(rt, "portmap", inv(Command::Gc, &gc), &k).expect("GC");
     assert!(k.state().port_mappings.is_empty());
 }
+
+/// The plugins shipped here are built without WASI: a component that
+/// imports none is linked to its capabilities alone, so no call of theirs
+/// can reach even an empty WASI context.
+#[test]
+fn the_shipped_plugins_import_no_wasi() {
+    use wasmtime::component::Component;
+    use wasmtime::Engine;
+    let engine = Engine::new(&wasm_cni_host::runtime::engine_config()).expect("engine");
+    let dir = dist_dir();
+    for name in ["bridge", "host-local", "loopback", "masq", "portmap"] {
+        let path = dir.join(format!("{name}.cwasm"));
+        // SAFETY: an artifact `wasm-cni-compile` wrote for this engine
+        // configuration; wasmtime checks that it matches.
+        let component = unsafe { Component::deserialize_file(&engine, &path) }
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert!(
+            imports.iter().any(|n| n.starts_with("cni:plugin/")),
+            "{name} imports no capability: {imports:?}"
+        );
+        let wasi: Vec<&String> = imports.iter().filter(|n| n.starts_with("wasi:")).collect();
+        assert!(wasi.is_empty(), "{name} imports WASI: {wasi:?}");
+    }
+}

@@ -50,7 +50,6 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Guest workspaces: the reference plugins and the example plugin.
 /// Guest workspaces and the target each builds for: the plugins shipped
 /// here without WASI, the example as a plugin author would build it.
 fn guest_workspaces() -> Vec<(PathBuf, &'static str)> {
