@@ -65,7 +65,7 @@ pub struct Runtime {
     dir: PathBuf,
     /// One per role and WASI set, built on first use: an invocation
     /// needs one or two. A second caller waits for the first's build.
-    linkers: [OnceLock<Result<Linker<HostState>>>; 6],
+    linkers: [OnceLock<Result<Linker<HostState>>>; 2 * Wasi::SETS],
     limits: Limits,
     /// Components by name, each loaded once; a second caller waits for
     /// the first's load.
@@ -121,7 +121,7 @@ impl Runtime {
             Role::Network => 0,
             Role::Ipam => 1,
         };
-        self.linkers[role_index * 3 + wasi as usize]
+        self.linkers[role_index * Wasi::SETS + wasi as usize]
             .get_or_init(|| Self::linker(&self.engine, role, wasi).map_err(|e| wasm_err("link", e)))
             .as_ref()
             .map_err(Error::clone)
@@ -640,6 +640,11 @@ enum Wasi {
     None = 0,
     Cli = 1,
     Full = 2,
+}
+
+impl Wasi {
+    /// How many there are: one linker slot each, per role.
+    const SETS: usize = Wasi::Full as usize + 1;
 }
 
 /// `wasi:cli` and `wasi:io`, as `wasmtime_wasi::p2::add_to_linker_sync`

@@ -23,8 +23,8 @@ type Result<T = ()> = std::result::Result<T, String>;
 const GUEST_TARGET: &str = "wasm32-wasip2";
 /// The plugins shipped here build as core modules with no WASI and are made
 /// components by `wit-component` from the WIT that `wit-bindgen` embedded:
-/// without WASI's types and functions they load and link faster, and the
-/// host gives them no WASI at all.
+/// without WASI's types they load faster, their linker has no WASI
+/// functions, and the host gives them no WASI at all.
 const PLUGIN_TARGET: &str = "wasm32-unknown-unknown";
 const ENTRY: &str = "wasm-cni";
 const COMPILER: &str = "wasm-cni-compile";
