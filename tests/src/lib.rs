@@ -166,6 +166,7 @@ pub struct CniError {
 
 /// Runs plugins from one directory inside one node namespace, the way
 /// libcni does: env vars, config on stdin, stdout parsed.
+#[derive(Clone)]
 pub struct Driver {
     pub dir: PathBuf,
     node: PathBuf,

@@ -420,8 +420,13 @@ impl Node {
     /// A fresh node for `chain`; `nft`: with the nftables backend keys.
     fn new(dir: &Path, chain: Chain, nft: bool) -> Node {
         let ns = netns("bn");
-        let driver = Driver::new(dir, &ns);
         let data = temp_dir().keep();
+        // Ours logs as installed: the `info` level, appended to a file.
+        let mut driver = Driver::new(dir, &ns);
+        driver.env = vec![(
+            "WASM_CNI_LOG_FILE".into(),
+            data.join("wasm-cni.log").display().to_string(),
+        )];
         let nft = nft && chain.has_firewall();
         let list = chain.list(&data, nft);
         Node {
@@ -783,9 +788,8 @@ fn throughput(dir: &Path, opts: &Opts, nft: bool) -> Throughput {
     let results: Vec<Result<Value, String>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..opts.threads.min(n.max(1)))
             .map(|t| {
-                let (pods, list, ns) = (&pods, &node.list, &node.ns);
+                let (pods, list, driver) = (&pods, &node.list, &node.driver);
                 scope.spawn(move || {
-                    let driver = Driver::new(dir, ns);
                     (t..n)
                         .step_by(opts.threads)
                         .map(|i| {
@@ -1200,7 +1204,8 @@ impl Report {
              (`ipMasqBackend`, portmap `backend`) are given to both sides; each side creates \
              the bridge with its own defaults (ours: a MAC of its own and no multicast \
              snooping; the reference: the kernel's, snooping on) unless `--mcast-snooping` \
-             sets snooping on both"
+             sets snooping on both; ours logs as installed (level `info`, one line per \
+             invocation, appended to a file in the node's temp dir)"
         );
         let _ = writeln!(
             w,
