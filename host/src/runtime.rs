@@ -25,6 +25,9 @@ pub const WASM_EXT: &str = "wasm";
 pub const PRECOMPILED_EXT: &str = "cwasm";
 /// The interface whose import marks a component as an IPAM plugin.
 const STORE_INTERFACE: &str = "cni:plugin/store@0.1.0";
+/// What every plugin exports (any version).
+#[cfg(feature = "compiler")]
+const PLUGIN_INTERFACE: &str = "cni:plugin/plugin";
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits every plugin instance runs under.
@@ -76,6 +79,30 @@ pub struct Runtime {
 
 fn wasm_err(what: impl std::fmt::Display, e: wasmtime::Error) -> Error {
     Error::internal(format!("{what}: {e:#}"))
+}
+
+/// The component in the file `wasm`. A core module (what `cargo build
+/// --target wasm32-unknown-unknown` makes of a plugin) becomes a component
+/// here, from the WIT that the guest SDK's bindings embedded in it: such a
+/// plugin imports no WASI, so it loads faster and its linker has none.
+#[cfg(feature = "compiler")]
+fn component_bytes(wasm: &Path) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(wasm).map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
+    // A core module's header says version 1; a component's, layer 1.
+    if bytes.get(..8) != Some(b"\0asm\x01\0\0\0") {
+        return Ok(bytes);
+    }
+    wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .map_err(|e| {
+            Error::config(format!(
+                "{}: cannot make this core module a component ({e:#}); a plugin built for \
+                 wasm32-unknown-unknown needs the WIT the guest SDK's bindings embed",
+                wasm.display()
+            ))
+        })
 }
 
 impl Runtime {
@@ -173,15 +200,26 @@ impl Runtime {
         &self.dir
     }
 
-    /// Compiles a component for this host, for `load` to mmap later.
+    /// Compiles a component, or a core module built with the guest SDK
+    /// (see [`component_bytes`]), for `load` to mmap later.
     #[cfg(feature = "compiler")]
     pub fn precompile(&self, wasm: &Path, out: &Path) -> Result<()> {
-        let bytes =
-            std::fs::read(wasm).map_err(|e| Error::io(format!("read {}: {e}", wasm.display())))?;
-        let compiled = self
-            .engine
-            .precompile_component(&bytes)
+        let component = Component::new(&self.engine, component_bytes(wasm)?)
             .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))?;
+        let ty = component.component_type();
+        if !ty
+            .exports(&self.engine)
+            .any(|(name, _)| name.starts_with(PLUGIN_INTERFACE))
+        {
+            return Err(Error::config(format!(
+                "{}: exports no `{PLUGIN_INTERFACE}` interface, so it is not a plugin \
+                 (export one with `wasm_cni_sdk::export!`)",
+                wasm.display()
+            )));
+        }
+        let compiled = component
+            .serialize()
+            .map_err(|e| wasm_err(format!("serialize {}", wasm.display()), e))?;
         std::fs::write(out, compiled)
             .map_err(|e| Error::io(format!("write {}: {e}", out.display())))
     }
@@ -272,7 +310,7 @@ impl Runtime {
         } else {
             tracing::debug!(component = name, "no precompiled artifact; compiling");
         }
-        Component::from_file(&self.engine, &wasm)
+        Component::new(&self.engine, component_bytes(&wasm)?)
             .map_err(|e| wasm_err(format!("compile {}", wasm.display()), e))
     }
 
@@ -412,7 +450,7 @@ impl Runtime {
                 self.instantiate_and_call(name, component, linker, &mut store, inv)
                     .map_err(|e| match e {
                         Fault::Cni(e) => e,
-                        Fault::Trap(e) => self.trap(name, e, store.data().stderr()),
+                        Fault::Trap(e) => self.trap(name, e, store.data().last_words()),
                     })
             });
         (out, store)
@@ -550,8 +588,8 @@ impl Runtime {
     }
 
     /// A trap as a CNI error that says what stopped the plugin, with the
-    /// plugin's own stderr (its panic message) as details.
-    fn trap(&self, name: &str, e: wasmtime::Error, stderr: String) -> Error {
+    /// plugin's last words (its panic message) as details.
+    fn trap(&self, name: &str, e: wasmtime::Error, last_words: String) -> Error {
         let text = format!("{e:#}");
         let why = if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             format!(
@@ -573,7 +611,8 @@ impl Runtime {
                 .unwrap_or_else(|| text.lines().next().unwrap_or_default().to_string());
             format!("trapped: {first}")
         };
-        Error::new(code::PLUGIN_FAULT, format!("plugin {name} {why}")).with_details(stderr.trim())
+        Error::new(code::PLUGIN_FAULT, format!("plugin {name} {why}"))
+            .with_details(last_words.trim())
     }
 
     /// Undoes what a failed ADD created, newest first, continuing past

@@ -44,6 +44,9 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     wasi: WasiCtx,
     stderr: MemoryOutputPipe,
+    /// The last message the plugin logged at level error: what the SDK's
+    /// panic hook says before a panic traps, in a plugin without stderr.
+    pub(crate) last_error: Option<String>,
     table: ResourceTable,
     /// Time spent in host functions (capabilities, WASI) during this
     /// instance's calls, and when the current one was entered.
@@ -77,6 +80,7 @@ impl HostState {
             // Stderr is kept to report a plugin's panic message.
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             stderr,
+            last_error: None,
             table: ResourceTable::new(),
             host_time: std::time::Duration::ZERO,
             host_entered: None,
@@ -102,9 +106,16 @@ impl HostState {
         }
     }
 
-    /// What the plugin wrote to stderr.
-    pub(crate) fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    /// What the plugin said before it stopped: its stderr, and the last
+    /// error it logged (a panic's message, from the SDK's hook).
+    pub(crate) fn last_words(&self) -> String {
+        let stderr = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
+        match &self.last_error {
+            Some(logged) if !stderr.contains(logged.as_str()) => {
+                format!("{stderr}{logged}")
+            }
+            _ => stderr,
+        }
     }
 
     pub(crate) fn table_ref(&self) -> &ResourceTable {

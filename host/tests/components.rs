@@ -14,6 +14,7 @@ use wasm_cni_host::cni::ip::parse_ip_net;
 use wasm_cni_host::cni::Command;
 use wasm_cni_host::kernel::Ns;
 use wasm_cni_host::testing::MockKernel;
+use wasm_cni_host::{Limits, Runtime};
 
 const NET: &str = "testnet";
 
@@ -964,16 +965,24 @@ fn firewall_gc_keeps_valid_attachments() {
     assert!(k.state().port_mappings.is_empty());
 }
 
-/// The plugins shipped here are built without WASI: a component that
+/// The plugins shipped here and the example are built without WASI (core
+/// modules that `wasm-cni-compile` made components): a component that
 /// imports none is linked to its capabilities alone, so no call of theirs
 /// can reach even an empty WASI context.
 #[test]
-fn the_shipped_plugins_import_no_wasi() {
+fn the_installed_plugins_import_no_wasi() {
     use wasmtime::component::Component;
     use wasmtime::Engine;
     let engine = Engine::new(&wasm_cni_host::runtime::engine_config()).expect("engine");
     let dir = dist_dir();
-    for name in ["bridge", "host-local", "loopback", "masq", "portmap"] {
+    for name in [
+        "bridge",
+        "host-local",
+        "loopback",
+        "masq",
+        "portmap",
+        "route-override",
+    ] {
         let path = dir.join(format!("{name}.cwasm"));
         // SAFETY: an artifact `wasm-cni-compile` wrote for this engine
         // configuration; wasmtime checks that it matches.
@@ -990,5 +999,27 @@ fn the_shipped_plugins_import_no_wasi() {
         );
         let wasi: Vec<&String> = imports.iter().filter(|n| n.starts_with("wasi:")).collect();
         assert!(wasi.is_empty(), "{name} imports WASI: {wasi:?}");
+    }
+}
+
+/// `wasm-cni-compile` refuses what is not a plugin, naming the file: a
+/// core module without the SDK's embedded WIT becomes an empty component,
+/// and neither that nor an empty component exports `cni:plugin/plugin`.
+#[test]
+fn compiling_refuses_what_is_not_a_plugin() {
+    let dir = TempDir::new().expect("tempdir");
+    let rt = Runtime::new(dir.path(), Limits::default()).expect("runtime");
+    for (name, bytes) in [
+        ("core.wasm", &b"\0asm\x01\0\0\0"[..]),
+        ("component.wasm", &b"\0asm\x0d\0\x01\0"[..]),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let out = path.with_extension("cwasm");
+        let e = rt.precompile(&path, &out).expect_err(name);
+        assert_eq!(e.code, 7, "{e}");
+        assert!(e.msg.contains(name), "{e}");
+        assert!(e.msg.contains("exports no `cni:plugin/plugin`"), "{e}");
+        assert!(!out.exists(), "{name}: wrote {}", out.display());
     }
 }

@@ -1,7 +1,7 @@
 //! The example plugin `examples/route-override` against the recording mock
 //! kernel: what a platform team's own unit tests for a plugin look like.
 //! Needs `cargo xtask install target/dist` (which builds the example), or
-//! `cd examples/route-override && cargo build --release --target wasm32-wasip2`.
+//! `cd examples/route-override && cargo build --release --target wasm32-unknown-unknown`.
 
 mod common;
 
@@ -23,10 +23,10 @@ fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
         runtime_with(
-            "examples/route-override/target/wasm32-wasip2/release/route_override.wasm",
+            "examples/route-override/target/wasm32-unknown-unknown/release/route_override.wasm",
             PLUGIN,
             "run `cargo xtask install target/dist`, or build it with \
-             `cd examples/route-override && cargo build --release --target wasm32-wasip2`",
+             `cd examples/route-override && cargo build --release --target wasm32-unknown-unknown`",
             Limits::default(),
         )
     })

@@ -188,6 +188,35 @@ fn a_flood_of_handles_is_stopped() {
 fn panic_traps() {
     let (e, k) = misbehave("panic", json!({}));
     assert!(e.msg.contains("plugin misbehave trapped"), "{e}");
+    assert!(e.details.contains("misbehave: deliberate panic"), "{e:?}");
+    assert_no_calls(&k);
+}
+
+/// Built without WASI the plugin has no stderr: the SDK's panic hook logs
+/// the message to the host, which reports it as the error's details.
+#[test]
+fn a_panic_without_wasi_is_reported() {
+    let rt = runtime_with(
+        "tests/fixtures/misbehave/target/wasm32-unknown-unknown/release/misbehave.wasm",
+        "misbehave",
+        "run `cargo xtask test`, or build the fixture with `cd tests/fixtures/misbehave && \
+         cargo build --release --target wasm32-unknown-unknown`",
+        LIMITS,
+    );
+    let k = MockKernel::new();
+    let e = run(
+        &rt,
+        "misbehave",
+        inv(Command::Add, &conf("panic", json!({}))),
+        &k,
+    )
+    .expect_err("a panic fails the call");
+    assert_eq!(e.code, 100, "{e}");
+    assert!(e.msg.contains("plugin misbehave trapped"), "{e}");
+    assert!(
+        e.details.contains("panicked at src/lib.rs:") && e.details.contains("deliberate panic"),
+        "{e:?}"
+    );
     assert_no_calls(&k);
 }
 

@@ -18,14 +18,13 @@ use std::process::{Command, ExitCode, Stdio};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-/// What a plugin author builds for: a component that may import WASI (Rust's
-/// standard library imports `wasi:cli` and `wasi:io` there).
-const GUEST_TARGET: &str = "wasm32-wasip2";
-/// The plugins shipped here build as core modules with no WASI and are made
-/// components by `wit-component` from the WIT that `wit-bindgen` embedded:
-/// without WASI's types they load faster, their linker has no WASI
-/// functions, and the host gives them no WASI at all.
+/// What plugins build for: core modules with no WASI, which
+/// `wasm-cni-compile` makes components from the WIT that the guest SDK's
+/// bindings embedded. Without WASI's types they load faster, their linker
+/// has no WASI functions, and the host gives them no WASI at all.
 const PLUGIN_TARGET: &str = "wasm32-unknown-unknown";
+/// The sandbox tests' misbehaving plugin builds with WASI, to try it.
+const WASI_TARGET: &str = "wasm32-wasip2";
 const ENTRY: &str = "wasm-cni";
 const COMPILER: &str = "wasm-cni-compile";
 
@@ -50,31 +49,35 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Guest workspaces and the target each builds for: the plugins shipped
-/// here without WASI, the example as a plugin author would build it.
-fn guest_workspaces() -> Vec<(PathBuf, &'static str)> {
+/// Guest workspaces: the plugins shipped here and the example.
+fn guest_workspaces() -> Vec<PathBuf> {
     vec![
-        (root().join("plugins-wasm"), PLUGIN_TARGET),
-        (root().join("examples/route-override"), GUEST_TARGET),
+        root().join("plugins-wasm"),
+        root().join("examples/route-override"),
     ]
 }
 
 /// Test-only components (never installed): the misbehaving plugin the host's
-/// sandbox tests load from its own target directory.
+/// sandbox tests load from its own target directory, built with WASI (to
+/// try it) and without (to see what a panic reports there).
 fn fixture_workspace() -> PathBuf {
     root().join("tests/fixtures/misbehave")
 }
 
 fn fixtures() -> Result {
     let ws = fixture_workspace();
-    run(cargo()
-        .current_dir(&ws)
-        .args(["build", "--release", "--target", GUEST_TARGET]))
+    for target in [WASI_TARGET, PLUGIN_TARGET] {
+        run(cargo()
+            .current_dir(&ws)
+            .args(["build", "--release", "--target", target]))?;
+    }
+    Ok(())
 }
 
 fn build_guests() -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
-    for (ws, target) in guest_workspaces() {
+    let target = PLUGIN_TARGET;
+    for ws in guest_workspaces() {
         if !ws.join("Cargo.toml").is_file() {
             continue;
         }
@@ -97,32 +100,12 @@ fn build_guests() -> Result<Vec<(String, PathBuf)>> {
                     .and_then(|s| s.to_str())
                     .unwrap_or_default()
                     .to_string();
-                let path = if target == PLUGIN_TARGET {
-                    componentize(&path, &dir.join("components"))?
-                } else {
-                    path
-                };
                 out.push((stem.replace('_', "-"), path));
             }
         }
     }
     out.sort();
     Ok(out)
-}
-
-/// Makes the core module at `module` a component, from the WIT its
-/// `wit-bindgen` bindings embedded, into `out_dir`; returns its path.
-fn componentize(module: &Path, out_dir: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(module).map_err(|e| format!("{}: {e}", module.display()))?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .and_then(|e| e.validate(true).encode())
-        .map_err(|e| format!("componentize {}: {e:#}", module.display()))?;
-    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let name = module.file_name().unwrap_or_default();
-    let path = out_dir.join(name);
-    std::fs::write(&path, component).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
 }
 
 /// The host's target triple, from `rustc -vV`.
@@ -318,7 +301,7 @@ fn test() -> Result {
     fixtures()?;
     let mut tally = (0, 0);
     let mut res = Ok(());
-    for (ws, _) in guest_workspaces() {
+    for ws in guest_workspaces() {
         if ws.join("Cargo.toml").is_file() && res.is_ok() {
             res = cargo_test(&ws, &[], &[], &mut tally);
         }
@@ -389,10 +372,8 @@ fn lint() -> Result {
     run(cargo().current_dir(root()).args([
         "clippy", "-p", ENTRY, "--bin", ENTRY, "--target", &target, "--", "-D", "warnings",
     ]))?;
-    for (ws, target) in guest_workspaces()
-        .into_iter()
-        .chain([(fixture_workspace(), GUEST_TARGET)])
-    {
+    let guests = guest_workspaces().into_iter().map(|ws| (ws, PLUGIN_TARGET));
+    for (ws, target) in guests.chain([(fixture_workspace(), WASI_TARGET)]) {
         if ws.join("Cargo.toml").is_file() {
             run(cargo().current_dir(&ws).args(["fmt", "--all", "--check"]))?;
             run(cargo().current_dir(&ws).args([

@@ -7,7 +7,10 @@
 //!   wasm-cni-compile [-o OUTDIR] PATH...
 //!
 //! A PATH that is a directory stands for every `*.wasm` in it. Each
-//! `<name>.wasm` becomes `<name>.cwasm` in OUTDIR, or beside it.
+//! `<name>.wasm` becomes `<name>.cwasm` in OUTDIR, or beside it. A core
+//! module built with the guest SDK for `wasm32-unknown-unknown` is made a
+//! component first, from the WIT its bindings embedded; a file that exports
+//! no `cni:plugin/plugin` interface is refused.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +19,8 @@ use wasm_cni_host::runtime::{PRECOMPILED_EXT, WASM_EXT};
 use wasm_cni_host::{Error, Limits, Runtime};
 
 const USAGE: &str = "usage: wasm-cni-compile [-o OUTDIR] PATH...\n\
-    compiles each PATH (a component `.wasm`, or a directory of them) into `<name>.cwasm`\n\
+    compiles each PATH (a component or SDK-built core module `.wasm`, or a directory of them)\n\
+    into `<name>.cwasm`\n\
     in OUTDIR or beside it, for `wasm-cni` to load";
 
 fn main() -> ExitCode {

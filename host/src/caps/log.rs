@@ -1,6 +1,9 @@
 use crate::bindings::cni::plugin::log::{Host, Level};
 use crate::state::HostState;
 
+/// How much of the last error message is kept for a trap's details.
+const LAST_ERROR_BYTES: usize = 4 << 10;
+
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let plugin = self.plugin.as_str();
@@ -9,7 +12,18 @@ impl Host for HostState {
             Level::Debug => tracing::debug!(plugin, "{message}"),
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            Level::Error => {
+                tracing::error!(plugin, "{message}");
+                let mut kept = message;
+                if kept.len() > LAST_ERROR_BYTES {
+                    let mut end = LAST_ERROR_BYTES;
+                    while !kept.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    kept.truncate(end);
+                }
+                self.last_error = Some(kept);
+            }
         }
     }
 }

@@ -31,7 +31,6 @@ pub mod bindings {
 pub use bindings::cni::plugin::{
     addr, firewall, ipam, link, log, netns, route, store, sysctl, types,
 };
-pub use bindings::export;
 pub use bindings::exports::cni::plugin::plugin::Guest as Plugin;
 pub use types::{
     Attachment, CniError, CniResult, Dns, Interface, IpAddress, IpConfig, IpNet, NetworkRequest,
@@ -51,4 +50,57 @@ pub use ip::{parse_ip, parse_ip_net, IpNetExt};
 /// Writes a message to the host's log.
 pub fn log(level: log::Level, message: impl AsRef<str>) {
     log::log(level, message.as_ref());
+}
+
+/// Exports a [`Plugin`] implementation as the component's
+/// `cni:plugin/plugin`: `wasm_cni_sdk::export!(MyPlugin);`.
+///
+/// A panic is reported before it traps: its message ("panicked at
+/// src/lib.rs:12:5: ...") goes to the host's log at level error, and the
+/// host gives it to the runtime as the error's details. That works with or
+/// without WASI (a plugin built for `wasm32-unknown-unknown` has no stderr).
+#[macro_export]
+macro_rules! export {
+    ($ty:ident) => {
+        type __WasmCniExport = $crate::PanicsReported<$ty>;
+        $crate::bindings::export!(__WasmCniExport with_types_in $crate::bindings);
+    };
+}
+
+/// `P` with a panic hook installed before each call; see [`export!`].
+#[doc(hidden)]
+pub struct PanicsReported<P>(core::marker::PhantomData<P>);
+
+impl<P: Plugin> PanicsReported<P> {
+    fn hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                log::log(log::Level::Error, &info.to_string());
+            }));
+        });
+    }
+}
+
+impl<P: Plugin> Plugin for PanicsReported<P> {
+    fn add(req: Request) -> Result<CniResult, CniError> {
+        Self::hook();
+        P::add(req)
+    }
+    fn del(req: Request) -> Result<(), CniError> {
+        Self::hook();
+        P::del(req)
+    }
+    fn check(req: Request) -> Result<(), CniError> {
+        Self::hook();
+        P::check(req)
+    }
+    fn status(req: NetworkRequest) -> Result<(), CniError> {
+        Self::hook();
+        P::status(req)
+    }
+    fn gc(req: NetworkRequest) -> Result<(), CniError> {
+        Self::hook();
+        P::gc(req)
+    }
 }
