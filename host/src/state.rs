@@ -112,7 +112,7 @@ impl HostState {
         let stderr = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
         match &self.last_error {
             Some(logged) if !stderr.contains(logged.as_str()) => {
-                format!("{stderr}{logged}")
+                [stderr.trim_end(), logged.as_str()].join("\n")
             }
             _ => stderr,
         }

@@ -15,13 +15,7 @@ impl Host for HostState {
             Level::Error => {
                 tracing::error!(plugin, "{message}");
                 let mut kept = message;
-                if kept.len() > LAST_ERROR_BYTES {
-                    let mut end = LAST_ERROR_BYTES;
-                    while !kept.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    kept.truncate(end);
-                }
+                kept.truncate(kept.floor_char_boundary(LAST_ERROR_BYTES));
                 self.last_error = Some(kept);
             }
         }

@@ -68,13 +68,7 @@ impl Owner {
             self.container_id,
             self.ifname
         );
-        if c.len() > MAX_COMMENT {
-            let mut end = MAX_COMMENT;
-            while !c.is_char_boundary(end) {
-                end -= 1;
-            }
-            c.truncate(end);
-        }
+        c.truncate(c.floor_char_boundary(MAX_COMMENT));
         c
     }
 
