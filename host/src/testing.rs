@@ -162,7 +162,7 @@ impl Kernel for MockKernel {
         }
         let mtu = opts.mtu.unwrap_or(1500);
         s.next_index += 1;
-        let host_mac = s.mac();
+        let host_mac = crate::kernel::format_mac(&crate::kernel::NODE_END_MAC);
         let host = link(host_name, s.next_index, &host_mac, mtu, "veth", false);
         s.next_index += 1;
         let cmac = opts.container_mac.clone().unwrap_or_else(|| s.mac());

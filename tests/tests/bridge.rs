@@ -154,7 +154,46 @@ fn host_veths_are_hairpin_ports_of_the_bridge() {
             assert_eq!(end["num_tx_queues"], 1, "{end}");
             assert_eq!(end["num_rx_queues"], 1, "{end}");
         }
+        // Every node end has the one shared MAC, as the result says; the
+        // pods' ends have their own.
+        assert_eq!(l["address"], NODE_END_MAC, "{l}");
+        assert_eq!(result["interfaces"][1]["mac"], NODE_END_MAC, "{result}");
+        assert_ne!(eth0["address"], NODE_END_MAC, "{eth0}");
     }
+    // So the bridge keeps one forwarding entry of its own for all of them.
+    let fdb = w.node.sh(&format!("bridge -j fdb show br {BRIDGE}"));
+    let fdb: Value = serde_json::from_str(&fdb).expect("bridge fdb JSON");
+    let own: Vec<&Value> = fdb
+        .as_array()
+        .expect("fdb list")
+        .iter()
+        .filter(|e| e["mac"] == NODE_END_MAC)
+        .collect();
+    assert_eq!(own.len(), 1, "entries for {NODE_END_MAC}: {own:?}");
+    assert_eq!(own[0]["state"], "permanent", "{own:?}");
+}
+
+#[test]
+fn a_container_mac_equal_to_the_node_ends_is_an_invalid_config() {
+    require_root!();
+    let w = world();
+    let pod = w.pod("shared-mac");
+    let list = bridge_list_with(LATEST, w.data.path(), |p| {
+        p["runtimeConfig"] = json!({"mac": NODE_END_MAC.to_uppercase()})
+    });
+    let err = w
+        .driver
+        .add(&list, &pod.att, &no_caps())
+        .expect_err("ADD with the node ends' MAC for the container");
+    assert_eq!(err.code, 7, "{err:?}");
+    assert!(err.msg.starts_with("mac: "), "{err:?}");
+    assert!(
+        w.node_veths().is_empty(),
+        "veths left: {:?}",
+        w.node_veths()
+    );
+    assert!(!has_link(&pod.ns, "eth0"), "eth0 left in the pod");
+    assert_store_released(&w, &pod.att.id);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::netns::Namespace;
 use crate::bindings::cni::plugin::link::{BridgeOptions, Host, LinkInfo, VethOptions, VethPair};
 use crate::bindings::CniError;
 use crate::error::{code, Error};
-use crate::kernel::Ns;
+use crate::kernel::{parse_mac, Ns, NODE_END_MAC};
 use crate::state::{HostState, Undo};
 
 /// The host end of an attachment's veth: `veth` and 11 hex digits of a hash
@@ -49,6 +49,14 @@ impl Host for HostState {
                 opts.container_ifname, self.grants.ifname
             ))
             .into());
+        }
+        if let Some(mac) = &opts.container_mac {
+            if parse_mac(mac)? == NODE_END_MAC {
+                return Err(Error::config(format!(
+                    "mac: {mac} is the MAC of the node end of every veth; the container's end needs another"
+                ))
+                .into());
+            }
         }
         let host_name = host_veth_name(&self.inv.env.container_id, &opts.container_ifname);
         let kernel = self.kernel()?;

@@ -19,6 +19,38 @@ use crate::firewall::{
     Choice, HostPort, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
 };
 
+/// The MAC of the node end of every veth pair the host makes (locally
+/// administered, unicast). A bridge keeps one forwarding-database entry of
+/// its own for each distinct MAC of its ports, and the kernel walks the
+/// whole database when it attaches or removes a port: with one MAC for all
+/// node ends, a bridge of N pods holds one such entry instead of N. Nothing
+/// sends frames to a node end (pods reach the gateway at the bridge's MAC),
+/// and a kernel bridge takes ports that share a MAC.
+pub const NODE_END_MAC: [u8; 6] = [0xee; 6];
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Six hex octets separated by colons; a code-7 error naming `mac` otherwise.
+pub fn parse_mac(s: &str) -> Result<Vec<u8>> {
+    let bytes: Option<Vec<u8>> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    match bytes {
+        Some(b) if b.len() == 6 => Ok(b),
+        _ => Err(crate::error::Error::config(format!(
+            "mac: invalid MAC address {s:?}"
+        ))),
+    }
+}
+
 /// Which namespace an operation is for. The container namespace is the one of
 /// this invocation's `CNI_NETNS`, opened once by the kernel implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

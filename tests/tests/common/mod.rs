@@ -28,6 +28,8 @@ pub const SUBNET4: &str = "10.88.1.0/24";
 pub const SUBNET6: &str = "fd88::/64";
 pub const GW4: &str = "10.88.1.1";
 pub const GW6: &str = "fd88::1";
+/// The MAC every veth's node end has.
+pub const NODE_END_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
 /// The bridge plugin object: gateway, hairpin, dual-stack host-local with
 /// default routes, its store in `data_dir`.

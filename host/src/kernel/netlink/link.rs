@@ -16,25 +16,7 @@ use super::{errno, nl_err};
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
 use crate::error::{code, Error, Result};
 use crate::kernel::nfnetlink::{self, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
-
-pub fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-pub fn parse_mac(s: &str) -> Result<Vec<u8>> {
-    let bytes: Option<Vec<u8>> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    match bytes {
-        Some(b) if b.len() == 6 => Ok(b),
-        _ => Err(Error::config(format!("mac: invalid MAC address {s:?}"))),
-    }
-}
+use crate::kernel::{format_mac, parse_mac, NODE_END_MAC};
 
 fn info(msg: &LinkMessage) -> LinkInfo {
     let mut out = LinkInfo {
@@ -224,6 +206,9 @@ fn one_queue<T>(b: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
 }
 
+/// Makes a veth pair in one request: the node end named `host_name` with
+/// [`NODE_END_MAC`], the container end made directly inside the container
+/// namespace (no move), both with one queue each.
 pub async fn create_veth(
     host: &Handle,
     container: &Handle,
@@ -243,6 +228,7 @@ pub async fn create_veth(
         InfoKind::Veth,
     ))
     .name(host_name.to_string())
+    .address(NODE_END_MAC.to_vec())
     .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
     if let Some(mtu) = opts.mtu {
         veth = veth.mtu(mtu);
