@@ -429,6 +429,28 @@ fn bridge_config_errors_map_to_codes_before_any_kernel_call() {
 }
 
 #[test]
+fn a_container_mac_equal_to_the_node_ends_is_refused_and_undone() {
+    let rt = dist_runtime();
+    let data = TempDir::new().unwrap();
+    let k = MockKernel::new();
+    let conf = bridge_conf(
+        data.path(),
+        json!({"runtimeConfig": {"mac": "EE:EE:EE:EE:EE:EE"}}),
+    );
+    let e = fails(rt, "bridge", inv(Command::Add, &conf), &k);
+    assert_eq!(e.code, 7, "{e}");
+    assert!(e.msg.starts_with("mac: EE:EE:EE:EE:EE:EE"), "{e}");
+    // Refused before any veth is made; the bridge stays, the address is
+    // released.
+    assert!(
+        !k.calls().iter().any(|c| c.starts_with("link.create-veth")),
+        "{:#?}",
+        k.calls()
+    );
+    assert!(reservations(data.path(), NET).is_empty(), "IPAM not undone");
+}
+
+#[test]
 fn bridge_add_failing_after_ipam_is_undone_by_the_host() {
     let rt = dist_runtime();
     let data = TempDir::new().unwrap();
