@@ -187,13 +187,7 @@ fn a_container_mac_equal_to_the_node_ends_is_an_invalid_config() {
         .expect_err("ADD with the node ends' MAC for the container");
     assert_eq!(err.code, 7, "{err:?}");
     assert!(err.msg.starts_with("mac: "), "{err:?}");
-    assert!(
-        w.node_veths().is_empty(),
-        "veths left: {:?}",
-        w.node_veths()
-    );
-    assert!(!has_link(&pod.ns, "eth0"), "eth0 left in the pod");
-    assert_store_released(&w, &pod.att.id);
+    assert_gone(&w, &pod);
 }
 
 #[test]

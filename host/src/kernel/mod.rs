@@ -14,7 +14,7 @@ pub use netlink::NetlinkKernel;
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::firewall::{
     Choice, HostPort, Masquerade, Owned, Owner, PortMapping, PortOptions, RuleKind,
 };
@@ -45,9 +45,7 @@ pub fn parse_mac(s: &str) -> Result<Vec<u8>> {
         .collect();
     match bytes {
         Some(b) if b.len() == 6 => Ok(b),
-        _ => Err(crate::error::Error::config(format!(
-            "mac: invalid MAC address {s:?}"
-        ))),
+        _ => Err(Error::config(format!("mac: invalid MAC address {s:?}"))),
     }
 }
 
