@@ -36,26 +36,40 @@ fn fixture(file: &str) -> PathBuf {
     path
 }
 
+/// The runtime's directory: it must outlive every test (delegation looks
+/// its IPAM plugin up there), and statics are never dropped, so it is
+/// removed when the test binary exits.
+static RUNTIME_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_runtime_dir() {
+    if let Some(dir) = RUNTIME_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// One runtime with the fixtures (`misbehave`, `misbehave-store`) and the
 /// installed host-local as IPAM, under [`LIMITS`]. Compiled once, before any
 /// timed call.
 fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
-        let dir = TempDir::new().unwrap();
+        let dir = TempDir::new().unwrap().keep();
+        if RUNTIME_DIR.set(dir.clone()).is_ok() {
+            // SAFETY: registers a function that only removes a directory.
+            unsafe { libc::atexit(remove_runtime_dir) };
+        }
         let copy = |from: &Path, name: &str| {
-            std::fs::copy(from, dir.path().join(name))
+            std::fs::copy(from, dir.join(name))
                 .unwrap_or_else(|e| panic!("{}: {e}", from.display()));
         };
         copy(&fixture("misbehave.wasm"), "misbehave.wasm");
         copy(&fixture("misbehave_store.wasm"), "misbehave-store.wasm");
         let dist = dist_dir();
         copy(&dist.join("host-local.cwasm"), "host-local.cwasm");
-        let rt = Runtime::new(dir.path(), LIMITS).expect("runtime");
+        let rt = Runtime::new(&dir, LIMITS).expect("runtime");
         for name in ["misbehave", "misbehave-store", "host-local"] {
             rt.load(name).unwrap_or_else(|e| panic!("load {name}: {e}"));
         }
-        std::mem::forget(dir);
         rt
     })
 }

@@ -59,16 +59,17 @@ pub fn dist_runtime() -> &'static Arc<Runtime> {
 
 /// A runtime directory holding one guest build output `built` (a path
 /// relative to the repository root) as `<name>.wasm`. `hint` says how to
-/// build it when it is missing. The directory lives as long as the process.
+/// build it when it is missing. The component is loaded here, so the
+/// directory is removed at once: the runtime keeps what it loaded.
 pub fn runtime_with(built: &str, name: &str, hint: &str, limits: Limits) -> Arc<Runtime> {
     let src = repo_root().join(built);
     assert!(src.is_file(), "{} is missing: {hint}", src.display());
     let dir = TempDir::new().expect("tempdir");
     std::fs::copy(&src, dir.path().join(format!("{name}.wasm"))).expect("copy component");
     let rt = Runtime::new(dir.path(), limits).expect("runtime");
-    // Compile once here, before any timed test, and keep the directory.
+    // Compile once here, before any timed test.
     rt.load(name).expect("component compiles");
-    std::mem::forget(dir);
+    drop(dir);
     rt
 }
 

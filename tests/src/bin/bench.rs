@@ -1543,7 +1543,13 @@ fn main() {
     install_signal_thread();
     if let [flag, dir, kind] = args.as_slice() {
         if flag == "--rss-probe" {
-            if let Err(e) = rss_probe(Path::new(dir), kind) {
+            // The probe's node keeps its files under a root of its own,
+            // removed when the probe ends.
+            let root = TempDir::with_prefix("wasm-cni-bench-probe-").expect("temp dir");
+            let _ = TEMP_ROOT.set(root.path().to_path_buf());
+            let probed = rss_probe(Path::new(dir), kind);
+            drop(root);
+            if let Err(e) = probed {
                 eprintln!("{e}");
                 std::process::exit(1);
             }
