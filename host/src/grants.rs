@@ -94,6 +94,11 @@ impl Grants {
         self.pod_ips.extend(ips);
     }
 
+    /// The pod's addresses this invocation knows (see [`Grants::network`]).
+    pub fn pod_ips(&self) -> Vec<IpAddr> {
+        self.pod_ips.iter().copied().collect()
+    }
+
     pub fn is_pod_ip(&self, ip: IpAddr) -> bool {
         self.role == Role::Network && self.pod_ips.contains(&ip)
     }

@@ -627,8 +627,9 @@ impl Runtime {
                 },
                 Undo::Firewall(kind) => {
                     let owner = state.owner();
+                    let pods = state.pod_addresses();
                     match state.kernel.as_deref_mut() {
-                        Some(k) => k.fw_remove(&owner, *kind),
+                        Some(k) => k.fw_remove(&owner, *kind, &pods),
                         None => Ok(()),
                     }
                 }

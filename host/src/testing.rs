@@ -3,6 +3,7 @@
 //! and records every call as one line of text to assert on.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
@@ -389,9 +390,15 @@ impl Kernel for MockKernel {
         Ok(())
     }
 
-    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind, pods: &[IpAddr]) -> Result<()> {
         let mut s = self.state();
-        s.record(format!("firewall.remove {}", kind_name(kind)))?;
+        let mut pods: Vec<String> = pods.iter().map(IpAddr::to_string).collect();
+        pods.sort();
+        s.record(format!(
+            "firewall.remove {} pods=[{}]",
+            kind_name(kind),
+            pods.join(" ")
+        ))?;
         match kind {
             RuleKind::Masquerade => s.masquerade.remove(&owner.tag()),
             RuleKind::PortMappings => s.port_mappings.remove(&owner.tag()).map(|_| vec![]),
@@ -399,7 +406,7 @@ impl Kernel for MockKernel {
         Ok(())
     }
 
-    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind, _pods: &[IpAddr]) -> Result<Owned> {
         let s = self.state();
         let tag = owner.tag();
         Ok(Owned {

@@ -862,9 +862,11 @@ fn bridge_ip_masq_masquerades_the_pod_and_del_removes_it() {
     );
     k.state().calls.clear();
     run(rt, "bridge", inv(Command::Del, &conf), &k).expect("DEL");
+    // No prevResult: the host looks the masquerade up by the address the
+    // container interface still has.
     assert!(
         k.calls()
-            .contains(&"firewall.remove masquerade".to_string()),
+            .contains(&"firewall.remove masquerade pods=[10.22.0.2]".to_string()),
         "{:#?}",
         k.calls()
     );
@@ -883,6 +885,12 @@ fn bridge_add_failing_after_masquerade_removes_it_again() {
     assert!(
         k.state().masquerade.is_empty(),
         "the host undoes the masquerade"
+    );
+    assert!(
+        k.calls()
+            .contains(&"firewall.remove masquerade pods=[10.22.0.2]".to_string()),
+        "undone by the address IPAM gave: {:#?}",
+        k.calls()
     );
     assert!(reservations(data.path(), NET).is_empty());
 }
@@ -927,6 +935,12 @@ fn portmap_forwards_to_the_pod_and_allows_localhost() {
     run(rt, "portmap", inv(Command::Check, &conf), &k).expect("CHECK");
     run(rt, "portmap", inv(Command::Del, &conf), &k).expect("DEL");
     assert!(k.state().port_mappings.is_empty());
+    // The rules are looked up by prevResult's address: this kernel's
+    // container namespace has no eth0 to ask.
+    assert_eq!(
+        k.calls().last().map(String::as_str),
+        Some("firewall.remove port-mappings pods=[10.22.0.2]")
+    );
 }
 
 #[test]

@@ -5,12 +5,36 @@
 use crate::bindings::cni::plugin::firewall::{
     Backend, Host, HostPort, Masquerade, Owned, PortMapping, PortOptions, RuleKind,
 };
+use std::net::IpAddr;
+
 use crate::bindings::{Attachment, CniError, IpAddress};
 use crate::error::Error;
 use crate::firewall::Owner;
+use crate::kernel::Ns;
 use crate::state::{HostState, Undo};
 
 impl HostState {
+    /// The pod addresses this attachment's rules are keyed by, for looking
+    /// them up instead of listing every pod's: those of `prevResult` (what
+    /// ADD keyed them by) and of this invocation's IPAM results; without
+    /// either, those the container interface still has, asked of the
+    /// kernel. None when the namespace or interface is gone too. IPv6
+    /// link-local addresses are never keys.
+    pub(crate) fn pod_addresses(&mut self) -> Vec<IpAddr> {
+        let mut pods = self.grants.pod_ips();
+        if pods.is_empty() {
+            let ifname = self.inv.env.ifname.clone();
+            if let Some(k) = self.kernel.as_deref_mut() {
+                pods = k
+                    .addr_list(Ns::Container, &ifname)
+                    .map(|addrs| addrs.iter().map(|a| a.ip()).collect())
+                    .unwrap_or_default();
+            }
+        }
+        pods.retain(|ip| !is_link_local(*ip));
+        pods
+    }
+
     fn check_pod_ip(&self, ip: IpAddress) -> Result<(), Error> {
         if self.grants.is_pod_ip(ip.into()) {
             Ok(())
@@ -53,17 +77,20 @@ impl Host for HostState {
 
     fn remove(&mut self, kind: RuleKind) -> Result<(), CniError> {
         let owner = self.owner();
-        Ok(self.kernel()?.fw_remove(&owner, kind)?)
+        let pods = self.pod_addresses();
+        Ok(self.kernel()?.fw_remove(&owner, kind, &pods)?)
     }
 
     fn remove_host_ports(&mut self, ports: Vec<HostPort>) -> Result<(), CniError> {
         let owner = self.owner();
-        Ok(self.kernel()?.fw_remove_host_ports(&owner, &ports)?)
+        let pods = self.pod_addresses();
+        Ok(self.kernel()?.fw_remove_host_ports(&owner, &ports, &pods)?)
     }
 
     fn list(&mut self, kind: RuleKind) -> Result<Owned, CniError> {
         let owner = self.owner();
-        Ok(self.kernel()?.fw_list(&owner, kind)?)
+        let pods = self.pod_addresses();
+        Ok(self.kernel()?.fw_list(&owner, kind, &pods)?)
     }
 
     fn port_mappings_of(
@@ -87,4 +114,9 @@ impl Host for HostState {
             .collect();
         Ok(self.kernel()?.fw_gc(&network, kind, &valid)?)
     }
+}
+
+/// IPv6 link-local (fe80::/10): never a pod address the firewall knows.
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }

@@ -11,6 +11,8 @@ mod sysctl;
 
 pub use netlink::NetlinkKernel;
 
+use std::net::IpAddr;
+
 use crate::bindings::cni::plugin::link::{BridgeOptions, LinkInfo, VethOptions, VethPair};
 use crate::bindings::cni::plugin::route::RouteSpec;
 use crate::bindings::IpNet;
@@ -112,16 +114,26 @@ pub trait Kernel {
         maps: &[PortMapping],
         opts: &PortOptions,
     ) -> Result<()>;
-    /// Removes the owner's rules of `kind` from every backend.
-    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()>;
+    /// Removes the owner's rules of `kind` from every backend. `pods` are
+    /// the pod addresses its rules are keyed by, as far as the caller
+    /// knows them (none: unknown), so that masquerading can be looked up
+    /// by key instead of listing every pod's.
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind, pods: &[IpAddr]) -> Result<()>;
     /// Removes the owner's port mappings from every backend, finding them
-    /// by their host ports where it can (see the WIT `remove-host-ports`).
-    fn fw_remove_host_ports(&mut self, owner: &Owner, ports: &[HostPort]) -> Result<()> {
+    /// by their host ports and `pods` where it can (see the WIT
+    /// `remove-host-ports`).
+    fn fw_remove_host_ports(
+        &mut self,
+        owner: &Owner,
+        ports: &[HostPort],
+        pods: &[IpAddr],
+    ) -> Result<()> {
         let _ = ports;
-        self.fw_remove(owner, RuleKind::PortMappings)
+        self.fw_remove(owner, RuleKind::PortMappings, pods)
     }
-    /// The owner's rules of `kind` in every backend.
-    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned>;
+    /// The owner's rules of `kind` in every backend (`pods` as for
+    /// [`Kernel::fw_remove`]).
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind, pods: &[IpAddr]) -> Result<Owned>;
     /// Which of `maps` the owner has in any backend (see the WIT
     /// `port-mappings-of`).
     fn fw_port_mappings_of(
@@ -129,7 +141,9 @@ pub trait Kernel {
         owner: &Owner,
         maps: &[PortMapping],
     ) -> Result<Vec<PortMapping>> {
-        let have = self.fw_list(owner, RuleKind::PortMappings)?.port_mappings;
+        let have = self
+            .fw_list(owner, RuleKind::PortMappings, &[])?
+            .port_mappings;
         Ok(crate::firewall::among(maps, &have))
     }
     fn fw_gc(&mut self, network: &str, kind: RuleKind, valid: &[Owner]) -> Result<()>;

@@ -9,6 +9,7 @@ mod route;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -42,11 +43,6 @@ pub struct NetlinkKernel {
     /// bridge), so a bridge ADD asks the kernel for each once instead of
     /// before every request. Deleting a link here forgets them all.
     indexes: HashMap<(Ns, String), u32>,
-}
-
-/// IPv6 link-local (fe80::/10): never a pod address the firewall knows.
-fn is_link_local(ip: std::net::IpAddr) -> bool {
-    matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 /// The errno of a failed netlink request.
@@ -85,20 +81,6 @@ fn connect() -> Result<Handle> {
 }
 
 impl NetlinkKernel {
-    /// The addresses of the owner's container interface, while it still
-    /// has them, that rules are keyed by (not IPv6 link-local); none when
-    /// the container namespace or interface is gone.
-    fn pod_addresses(&mut self, owner: &Owner) -> Vec<std::net::IpAddr> {
-        match self.addr_list(Ns::Container, &owner.ifname) {
-            Ok(addrs) => addrs
-                .iter()
-                .map(|a| a.ip())
-                .filter(|ip| !is_link_local(*ip))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
     /// `netns` is the invocation's `CNI_NETNS`; it is opened on first use.
     pub fn new(netns: Option<PathBuf>) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -352,29 +334,31 @@ impl Kernel for NetlinkKernel {
         Ok(())
     }
 
-    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()> {
+    fn fw_remove(&mut self, owner: &Owner, kind: RuleKind, pods: &[IpAddr]) -> Result<()> {
         if kind == RuleKind::Masquerade {
-            let pods = self.pod_addresses(owner);
-            return firewall::each(|fw| fw.remove_masquerade_of(owner, &pods));
+            return firewall::each(|fw| fw.remove_masquerade_of(owner, pods));
         }
         firewall::each(|fw| fw.remove(owner, kind))
     }
 
-    fn fw_remove_host_ports(&mut self, owner: &Owner, ports: &[HostPort]) -> Result<()> {
-        let pods = self.pod_addresses(owner);
-        firewall::each(|fw| fw.remove_host_ports(owner, ports, &pods))
+    fn fw_remove_host_ports(
+        &mut self,
+        owner: &Owner,
+        ports: &[HostPort],
+        pods: &[IpAddr],
+    ) -> Result<()> {
+        firewall::each(|fw| fw.remove_host_ports(owner, ports, pods))
     }
 
-    fn fw_list(&mut self, owner: &Owner, kind: RuleKind) -> Result<Owned> {
+    fn fw_list(&mut self, owner: &Owner, kind: RuleKind, pods: &[IpAddr]) -> Result<Owned> {
         let mut all = Owned {
             masquerade: vec![],
             port_mappings: vec![],
         };
         match kind {
             RuleKind::Masquerade => {
-                let pods = self.pod_addresses(owner);
                 for mut fw in firewall::all() {
-                    all.masquerade.extend(fw.masquerade_of(owner, &pods)?);
+                    all.masquerade.extend(fw.masquerade_of(owner, pods)?);
                 }
             }
             RuleKind::PortMappings => {
