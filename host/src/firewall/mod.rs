@@ -222,10 +222,10 @@ pub trait Firewall {
     /// Removes the owner's rules of `kind`; Ok when there are none (or the
     /// backend has never been used on this node).
     fn remove(&mut self, owner: &Owner, kind: RuleKind) -> Result<()>;
-    /// Removes the owner's masquerading of the pod addresses `pods` (the
-    /// addresses of its container interface, as the reference bridge
-    /// tears down by), without listing every pod's. By default, and with
-    /// no addresses, the same as [`Firewall::remove`].
+    /// Removes the owner's masquerading of the pod addresses `pods` (its
+    /// rules' keys, as far as the host knows them), without listing every
+    /// pod's. By default, and with no addresses, the same as
+    /// [`Firewall::remove`].
     fn remove_masquerade_of(&mut self, owner: &Owner, pods: &[IpAddr]) -> Result<()> {
         let _ = pods;
         self.remove(owner, RuleKind::Masquerade)
