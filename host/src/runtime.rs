@@ -627,7 +627,7 @@ impl Runtime {
                 },
                 Undo::Firewall(kind) => {
                     let owner = state.owner();
-                    let pods = state.pod_addresses();
+                    let pods = state.pod_addresses_for(*kind);
                     match state.kernel.as_deref_mut() {
                         Some(k) => k.fw_remove(&owner, *kind, &pods),
                         None => Ok(()),

@@ -35,6 +35,15 @@ impl HostState {
         pods
     }
 
+    /// The pod's addresses where rules of `kind` are looked up by them:
+    /// masquerading (port mappings are found by their host ports).
+    pub(crate) fn pod_addresses_for(&mut self, kind: RuleKind) -> Vec<IpAddr> {
+        match kind {
+            RuleKind::Masquerade => self.pod_addresses(),
+            RuleKind::PortMappings => Vec::new(),
+        }
+    }
+
     fn check_pod_ip(&self, ip: IpAddress) -> Result<(), Error> {
         if self.grants.is_pod_ip(ip.into()) {
             Ok(())
@@ -77,7 +86,7 @@ impl Host for HostState {
 
     fn remove(&mut self, kind: RuleKind) -> Result<(), CniError> {
         let owner = self.owner();
-        let pods = self.pod_addresses();
+        let pods = self.pod_addresses_for(kind);
         Ok(self.kernel()?.fw_remove(&owner, kind, &pods)?)
     }
 
@@ -89,7 +98,7 @@ impl Host for HostState {
 
     fn list(&mut self, kind: RuleKind) -> Result<Owned, CniError> {
         let owner = self.owner();
-        let pods = self.pod_addresses();
+        let pods = self.pod_addresses_for(kind);
         Ok(self.kernel()?.fw_list(&owner, kind, &pods)?)
     }
 
