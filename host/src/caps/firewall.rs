@@ -2,11 +2,11 @@
 //! attachment; a plugin may masquerade or forward only to its own pod's
 //! addresses (from `prevResult` or its IPAM result).
 
+use std::net::IpAddr;
+
 use crate::bindings::cni::plugin::firewall::{
     Backend, Host, HostPort, Masquerade, Owned, PortMapping, PortOptions, RuleKind,
 };
-use std::net::IpAddr;
-
 use crate::bindings::{Attachment, CniError, IpAddress};
 use crate::error::Error;
 use crate::firewall::Owner;
