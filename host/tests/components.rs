@@ -889,7 +889,7 @@ fn bridge_add_failing_after_masquerade_removes_it_again() {
     assert!(
         k.calls()
             .contains(&"firewall.remove masquerade pods=[10.22.0.2]".to_string()),
-        "undone by the address IPAM gave: {:#?}",
+        "undone by key, the pod's address: {:#?}",
         k.calls()
     );
     assert!(reservations(data.path(), NET).is_empty());
