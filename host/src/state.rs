@@ -42,7 +42,9 @@ pub struct HostState {
     pub(crate) store: Option<DiskStore>,
     pub(crate) undo: Vec<Undo>,
     pub(crate) limits: StoreLimits,
-    wasi: WasiCtx,
+    /// Built on the plugin's first WASI call: the shipped plugins import
+    /// no WASI, and a context costs a random generator's seeding.
+    wasi: Option<WasiCtx>,
     stderr: MemoryOutputPipe,
     /// The last message the plugin logged at level error: what the SDK's
     /// panic hook says before a panic traps, in a plugin without stderr.
@@ -76,9 +78,7 @@ impl HostState {
             kernel,
             store,
             undo: Vec::new(),
-            // Nothing granted: no preopens, no sockets, no environment.
-            // Stderr is kept to report a plugin's panic message.
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            wasi: None,
             stderr,
             last_error: None,
             table: ResourceTable::new(),
@@ -125,8 +125,14 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &self.stderr;
+        // Nothing granted: no preopens, no sockets, no environment.
+        // Stderr is kept to report a plugin's panic message.
+        let ctx = self
+            .wasi
+            .get_or_insert_with(|| WasiCtx::builder().stderr(stderr.clone()).build());
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
