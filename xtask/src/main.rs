@@ -209,11 +209,19 @@ fn build_host() -> Result<(PathBuf, PathBuf)> {
     Ok((binary, root().join("target/release").join(COMPILER)))
 }
 
+/// Copies `from` to `to` with one write of the whole file, which the page
+/// cache then holds in large pages (a copy by `copy_file_range`, as
+/// `std::fs::copy` makes, leaves it in small ones): the installed binary's
+/// code is mapped 2 MiB at a time from its first run on (see the entry's
+/// `memory` module).
 fn replace_file(from: &Path, to: &Path) -> Result {
     // Remove first: a running binary cannot be overwritten in place.
     let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to)
-        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
+    let copy = |e: std::io::Error| format!("copy {} -> {}: {e}", from.display(), to.display());
+    let bytes = std::fs::read(from).map_err(copy)?;
+    std::fs::write(to, bytes).map_err(copy)?;
+    let mode = std::fs::metadata(from).map_err(copy)?.permissions();
+    std::fs::set_permissions(to, mode).map_err(copy)?;
     Ok(())
 }
 
