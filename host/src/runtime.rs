@@ -508,9 +508,10 @@ impl Runtime {
             })
             .map(drop)
             .map_err(|e| {
-                Error::internal(format!(
-                    "start a thread to prepare the plugin and time its run: {e}"
-                ))
+                Error::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("start a thread to prepare the plugin and time its run: {e}"),
+                )
             })
     }
 
