@@ -210,10 +210,11 @@ fn build_host() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Copies `from` to `to` with one write of the whole file, which the page
-/// cache then holds in large pages (a copy by `copy_file_range`, as
-/// `std::fs::copy` makes, leaves it in small ones): the installed binary's
-/// code is mapped 2 MiB at a time from its first run on (see the entry's
-/// `memory` module).
+/// cache then holds in 2 MiB pages (a copy by `copy_file_range`, as
+/// `std::fs::copy` makes, leaves it in smaller ones): the kernel maps the
+/// installed binary's code mostly 2 MiB at a time, and an invocation takes
+/// fewer page faults (a bridge CHECK ~113 instead of ~155; see
+/// docs/benchmark.md).
 fn replace_file(from: &Path, to: &Path) -> Result {
     // Remove first: a running binary cannot be overwritten in place.
     let _ = std::fs::remove_file(to);
