@@ -591,6 +591,9 @@ fn known_issue(msg: &str) -> &'static str {
 struct Log {
     /// (side, chain, op, pods on the node) -> ms
     latency: BTreeMap<(Chain, Side, Op, usize), Vec<f64>>,
+    /// (side, chain, op, pods on the node) -> ms on the 1-pod node, each
+    /// sample taken right after the same sample on the node with that many
+    latency_beside: BTreeMap<(Chain, Side, Op, usize), Vec<f64>>,
     /// (chain, side, pods on the node) -> ms of the kernel attaching one port
     attach: BTreeMap<(Chain, Side, usize), Vec<f64>>,
     csv: String,
@@ -615,6 +618,15 @@ impl Log {
         self.sample(who, op.label(), pods, n, ms);
         self.latency
             .entry((who.1, who.0, op, pods))
+            .or_default()
+            .push(ms);
+    }
+
+    /// A sample on the 1-pod node, taken beside the cell with `level` pods.
+    fn timed_beside(&mut self, who: (Side, Chain), op: Op, level: usize, n: usize, ms: f64) {
+        self.sample(who, &format!("{}-1pod", op.label()), level, n, ms);
+        self.latency_beside
+            .entry((who.1, who.0, op, level))
             .or_default()
             .push(ms);
     }
@@ -661,11 +673,55 @@ fn fmt_ms(v: Option<f64>) -> String {
 
 // ---------------------------------------------------------------- latency
 
+/// The first error of each operation in a cell, and how many failed.
+type Failures = BTreeMap<Op, (usize, String)>;
+
+/// One timed round on `node`: a new pod ADDed, CHECKed and DELeted.
+/// `record` gets each operation's milliseconds; failures are counted.
+fn round(
+    node: &mut Node,
+    name: &str,
+    caps: &Value,
+    failures: &mut Failures,
+    mut record: impl FnMut(Op, f64),
+) {
+    let ns = netns("bs");
+    let att = Attachment::new(name, &ns, "eth0");
+    let t = Instant::now();
+    let result = match node.add(&att, caps) {
+        Ok(r) => {
+            record(Op::Add, ms(t));
+            r
+        }
+        Err(e) => {
+            failures.entry(Op::Add).or_insert((0, cni_err(&e))).0 += 1;
+            let _ = node.del(&att, caps, None);
+            return;
+        }
+    };
+    let t = Instant::now();
+    match node.check(&att, caps, &result) {
+        Ok(()) => record(Op::Check, ms(t)),
+        Err(e) => failures.entry(Op::Check).or_insert((0, cni_err(&e))).0 += 1,
+    }
+    let t = Instant::now();
+    match node.del(&att, caps, Some(&result)) {
+        Ok(()) => record(Op::Del, ms(t)),
+        Err(e) => failures.entry(Op::Del).or_insert((0, cni_err(&e))).0 += 1,
+    }
+}
+
 /// One side of one chain: background pods up to each level, then timed
-/// ADD -> CHECK -> DEL rounds of sample pods.
+/// ADD -> CHECK -> DEL rounds of sample pods. Each round is followed by one
+/// on a second node of the chain that keeps 1 pod, so every cell also
+/// measures the 1-pod case under the same conditions: the machine's speed
+/// drifts over the minutes between cells, and the ratio of the two in one
+/// cell is what growth with the pods costs (see `Report::render_flatness`).
 fn latency(side: Side, dir: &Path, chain: Chain, opts: &Opts, log: &mut Log) -> Result<(), String> {
     let who = (side, chain);
     let mut node = Node::new(dir, chain, true);
+    let mut beside = Node::new(dir, chain, true);
+    beside.fill_to(1, log, who)?;
     let mut port = SAMPLE_PORT;
     for &level in &opts.levels {
         let before = node.pods.len();
@@ -677,36 +733,25 @@ fn latency(side: Side, dir: &Path, chain: Chain, opts: &Opts, log: &mut Log) -> 
                 waited.as_secs_f64()
             );
         }
-        let mut failures = BTreeMap::<Op, (usize, String)>::new();
+        let mut failures = Failures::new();
+        let mut beside_failures = Failures::new();
         for s in 0..opts.samples {
-            let ns = netns("bs");
-            let att = Attachment::new(&format!("smp-{level}-{s}"), &ns, "eth0");
             let caps = chain.caps(port);
             port += 1;
-            let t = Instant::now();
-            let added = node.add(&att, &caps);
-            let add_ms = ms(t);
-            let result = match added {
-                Ok(r) => {
-                    log.timed(who, Op::Add, level, s, add_ms);
-                    r
-                }
-                Err(e) => {
-                    failures.entry(Op::Add).or_insert((0, cni_err(&e))).0 += 1;
-                    let _ = node.del(&att, &caps, None);
-                    continue;
-                }
-            };
-            let t = Instant::now();
-            match node.check(&att, &caps, &result) {
-                Ok(()) => log.timed(who, Op::Check, level, s, ms(t)),
-                Err(e) => failures.entry(Op::Check).or_insert((0, cni_err(&e))).0 += 1,
-            }
-            let t = Instant::now();
-            match node.del(&att, &caps, Some(&result)) {
-                Ok(()) => log.timed(who, Op::Del, level, s, ms(t)),
-                Err(e) => failures.entry(Op::Del).or_insert((0, cni_err(&e))).0 += 1,
-            }
+            round(
+                &mut node,
+                &format!("smp-{level}-{s}"),
+                &caps,
+                &mut failures,
+                |op, t| log.timed(who, op, level, s, t),
+            );
+            round(
+                &mut beside,
+                &format!("one-{level}-{s}"),
+                &caps,
+                &mut beside_failures,
+                |op, t| log.timed_beside(who, op, level, s, t),
+            );
         }
         let summary: Vec<String> = Op::ALL
             .iter()
@@ -738,15 +783,17 @@ fn latency(side: Side, dir: &Path, chain: Chain, opts: &Opts, log: &mut Log) -> 
                 side.label()
             )),
         }
-        for (op, (n, msg)) in failures {
-            log.note(format!(
-                "chain {} {}: {n} of {} sample {} failed at {level} pods (first: {msg}){}",
-                chain.id(),
-                side.label(),
-                opts.samples,
-                op.label(),
-                known_issue(&msg)
-            ));
+        for (on, failed) in [("", failures), (" (1-pod node)", beside_failures)] {
+            for (op, (n, msg)) in failed {
+                log.note(format!(
+                    "chain {} {}: {n} of {} sample {} failed at {level} pods{on} (first: {msg}){}",
+                    chain.id(),
+                    side.label(),
+                    opts.samples,
+                    op.label(),
+                    known_issue(&msg)
+                ));
+            }
         }
     }
     if chain.has_firewall() {
@@ -1212,7 +1259,8 @@ impl Report {
             "- latency: wall time around `Driver::add/check/del` (every plugin of the list, \
              process start included), median and p99 (nearest rank: with 20 samples, the slowest) over {} samples per cell; \
              each sample is a new pod ADDed, CHECKed and DELeted while the given number of \
-             background pods exist; each chain and side starts on a fresh node once the machine \
+             background pods exist, then the same on a node with 1 pod (see \
+             \"Growth with the pods\"); each chain and side starts on a fresh node once the machine \
              is idle again (the kernel frees the last one's namespaces in the background). \
              speedup = reference median / ours median.\n",
             self.samples
@@ -1261,6 +1309,7 @@ impl Report {
             let _ = writeln!(w);
         }
 
+        self.render_flatness(w, log);
         self.render_attach(w, log);
 
         let _ = writeln!(w, "## Parallel ADD (chain C, fresh node)\n");
@@ -1409,6 +1458,58 @@ impl Report {
             let _ = writeln!(w);
         }
         md
+    }
+
+    /// Each level's ADD and DEL against the 1-pod node's, sampled in turn.
+    fn render_flatness(&self, w: &mut String, log: &Log) {
+        if log.latency_beside.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "## Growth with the pods: each level against a 1-pod node\n"
+        );
+        let _ = writeln!(
+            w,
+            "Each sample round above (ADD, CHECK, DEL of a new pod) is followed by the \
+             same round on a second node of the chain that keeps 1 pod, so every cell \
+             also measures the 1-pod case in the same minutes: the machine's speed drifts \
+             between cells, not within one. ratio = the level's median over the 1-pod \
+             node's in that cell.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| chain | side | pods on node | ADD | ADD, 1-pod node | ratio | DEL | DEL, 1-pod node | ratio |"
+        );
+        let _ = writeln!(
+            w,
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for &chain in &self.chains {
+            for &(side, _) in &self.sides {
+                for &level in &self.levels {
+                    let key = |op| (chain, side, op, level);
+                    let cells = |op| {
+                        let on = log.latency.get(&key(op)).and_then(|v| median(v));
+                        let one = log.latency_beside.get(&key(op)).and_then(|v| median(v));
+                        let ratio = match (on, one) {
+                            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                            _ => "—".into(),
+                        };
+                        format!("{} | {} | {ratio}", fmt_ms(on), fmt_ms(one))
+                    };
+                    let _ = writeln!(
+                        w,
+                        "| {} | {} | {level} | {} | {} |",
+                        chain.id(),
+                        side.label(),
+                        cells(Op::Add),
+                        cells(Op::Del)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(w);
     }
 
     /// The kernel's attach request at each level, beside the ADD's growth.
