@@ -591,9 +591,9 @@ fn known_issue(msg: &str) -> &'static str {
 /// Every timing of the run, and what went wrong on the way.
 #[derive(Default)]
 struct Log {
-    /// (side, chain, op, pods on the node) -> ms
+    /// (chain, side, op, pods on the node) -> ms
     latency: BTreeMap<(Chain, Side, Op, usize), Vec<f64>>,
-    /// (side, chain, op, pods on the node) -> ms on the 1-pod node, each
+    /// (chain, side, op, pods on the node) -> ms on the 1-pod node, each
     /// sample taken right after the same sample on the node with that many
     latency_beside: BTreeMap<(Chain, Side, Op, usize), Vec<f64>>,
     /// (chain, side, pods on the node) -> ms of the kernel attaching one port
