@@ -1085,19 +1085,29 @@ impl Trace {
 // ---------------------------------------------------------------- sizes
 
 /// Bytes of the regular files under `path` (links not followed).
-fn tree_size(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
+/// Regular files at or under `path`, links left out (ours names every
+/// plugin by a link to one binary).
+fn regular_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
-        std::fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
-            .unwrap_or(0)
+        for entry in std::fs::read_dir(path)? {
+            regular_files(&entry?.path(), out)?;
+        }
     } else if meta.is_file() {
-        meta.len()
-    } else {
-        0
+        out.push(path.to_path_buf());
     }
+    Ok(())
+}
+
+/// Bytes in the regular files at or under `path` (what could be read).
+fn tree_size(path: &Path) -> u64 {
+    let mut files = Vec::new();
+    let _ = regular_files(path, &mut files);
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn mb(bytes: u64) -> String {
@@ -1725,7 +1735,7 @@ fn main() {
     let _resident = match resident::Resident::hold(&dirs) {
         Ok(r) => {
             header.push(format!(
-                "page cache: every file of both plugin directories dropped from it, read back \
+                "page cache: every file of the plugin directories dropped from it, read back \
                  in 2 MiB pages and held mapped for the run ({} of {} mapped in 2 MiB pages)",
                 mb(r.huge_bytes as u64),
                 mb(r.bytes as u64)

@@ -5,11 +5,11 @@
 //! pages at a time, one read in by an exec is held in 4 KiB pages and
 //! faulted in piece by piece (docs/benchmark.md). Machines that drop idle
 //! page cache change that state under the run: this one pages out page
-//! cache that no process maps once it has been idle for a few seconds
+//! cache that no process maps once it has been idle for a few minutes
 //! (DAMON's `pageout` of unmapped memory), so each side's binaries were
 //! dropped while the other side ran and read back by the next exec, in
 //! 4 KiB pages. So that neither side runs from what the other side or an
-//! idle pause left behind, every regular file of both directories is
+//! idle pause left behind, every regular file of the plugin directories is
 //! dropped from the page cache first, read back through a mapping advised
 //! `MADV_HUGEPAGE` (the kernel then reads it in 2 MiB pages, as it holds a
 //! file just written in one write), and stays mapped until the run ends.
@@ -17,7 +17,7 @@
 use std::ffi::c_void;
 use std::fs::File;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr::NonNull;
 
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
@@ -39,31 +39,13 @@ pub struct Resident {
     pub huge_bytes: usize,
 }
 
-/// Regular files under `dir`, its subdirectories included, links left out
-/// (ours names every plugin by a link to one binary).
-fn files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let kind = entry
-            .file_type()
-            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        if kind.is_dir() {
-            files(&entry.path(), out)?;
-        } else if kind.is_file() {
-            out.push(entry.path());
-        }
-    }
-    Ok(())
-}
-
 impl Resident {
     /// Drops each file of `dirs` from the page cache and reads it back in
     /// 2 MiB pages; the files stay mapped until this is dropped.
     pub fn hold(dirs: &[&Path]) -> Result<Resident, String> {
         let mut paths = Vec::new();
         for dir in dirs {
-            files(dir, &mut paths)?;
+            super::regular_files(dir, &mut paths).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let mut resident = Resident {
             held: Vec::new(),
